@@ -1,0 +1,261 @@
+"""The batched shop: B users step together as tensors on one device.
+
+``Shop.step(slate)`` shows each user a slate of K item ids and returns what happened.
+All randomness comes from one seeded ``torch.Generator`` on the shop's device; every
+probability comes from :mod:`rlrec.sim.response`. Sessions that end (the user leaves or
+reaches the horizon) are replaced in place by fresh users, so the batch stays full.
+
+Because the step count is part of the observation, reaching the horizon is a true
+terminal: ``done`` rows must not be bootstrapped, and nothing is truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+
+from rlrec.config import ConfigError, EnvConfig, env_config_from
+from rlrec.sim import response
+from rlrec.sim.catalog import Catalog, make_catalog
+from rlrec.sim.users import UserModel, make_user_model
+from rlrec.utils import make_generator, resolve_device, rows
+
+Observation = dict[str, torch.Tensor]
+"""Keys: ``user_features`` [B, 3] long (age band, gender, region); ``history_items`` [B, H]
+long (``n_items`` pads); ``history_codes`` [B, H] long (codes in :mod:`rlrec.sim.response`);
+``step`` [B] long; and ``satisfaction`` [B] long only when ``observe_satisfaction``."""
+
+
+@dataclass
+class ShopState:
+    """The full (partly hidden) state of B sessions."""
+
+    user_features: torch.Tensor  # [B, 3] long
+    interest: torch.Tensor  # [B, D] unit vectors; starts at the user's preference, drifts toward clicks
+    price_sensitivity: torch.Tensor  # [B]
+    satisfaction: torch.Tensor  # [B] long, 0..L-1
+    step: torch.Tensor  # [B] long, steps taken in this session
+    history_items: torch.Tensor  # [B, H] long
+    history_codes: torch.Tensor  # [B, H] long
+
+
+class StepResult(NamedTuple):
+    """What ``Shop.step`` returns. Rows with ``done`` were reset: ``obs`` is the new user's first."""
+
+    obs: Observation  # next observation (after the in-place reset of finished rows)
+    reward: torch.Tensor  # [B] float
+    done: torch.Tensor  # [B] bool: the session ended (left, or reached the horizon); never bootstrap
+    info: dict[str, Any]  # click, purchase [B] bool; rating [B] long (0 = none); choice [B] long
+    # (slot clicked, -1 = none); item [B] long (clicked item, or the slate's first); price [B];
+    # left [B] bool; final_obs: the observation reached before the reset (for done rows)
+
+
+class Shop:
+    """A batched e-commerce simulator.
+
+    Args:
+        cfg: an :class:`~rlrec.config.EnvConfig`, a mapping or a DictConfig (``None``: defaults).
+        **overrides: fields of ``EnvConfig`` to change, e.g. ``Shop(num_users=4096, device="cpu")``.
+
+    Example::
+
+        shop = Shop(num_users=256, seed=0)
+        obs = shop.reset()
+        slate = shop.random_slate()
+        obs, reward, done, info = shop.step(slate)
+    """
+
+    def __init__(self, cfg: Any = None, **overrides: Any) -> None:
+        self.cfg: EnvConfig = env_config_from(cfg, **overrides)
+        self.device = resolve_device(self.cfg.device)
+        cfg = self.cfg
+        # The catalog and user model come from a CPU generator so that one seed means one
+        # shop on every device; the simulation's own generator lives on the device.
+        world = make_generator(2 * cfg.seed, torch.device("cpu"))
+        self.catalog: Catalog = make_catalog(cfg, world).to(self.device)
+        self.users: UserModel = make_user_model(cfg, world).to(self.device)
+        self.generator = make_generator(2 * cfg.seed + 1, self.device)
+        self.num_users = cfg.num_users
+        self.n_items = cfg.n_items
+        self.slate_size = cfg.slate_size
+        self._slot_bias = response.position_bias(cfg.slate_size, cfg, self.device)
+        self.state: ShopState = self._new_users(self.num_users)
+
+    # ---------------------------------------------------------------- sessions
+    def _new_users(self, n: int) -> ShopState:
+        cfg, dev = self.cfg, self.device
+        features = self.users.sample_features(n, self.generator)
+        preference, sensitivity = self.users.traits(features, self.generator)
+        return ShopState(
+            user_features=features,
+            interest=preference,
+            price_sensitivity=sensitivity,
+            satisfaction=torch.full((n,), cfg.initial_satisfaction, dtype=torch.long, device=dev),
+            step=torch.zeros(n, dtype=torch.long, device=dev),
+            history_items=torch.full((n, cfg.history_len), cfg.n_items, dtype=torch.long, device=dev),
+            history_codes=torch.full((n, cfg.history_len), response.PAD, dtype=torch.long, device=dev),
+        )
+
+    def _replace_finished(self, state: ShopState, done: torch.Tensor) -> ShopState:
+        """``state`` with every ``done`` row replaced by a fresh user.
+
+        Users are drawn only for the finished rows (about B / mean session length per step):
+        drawing B users and selecting with ``torch.where`` costs 3x more randomness. The
+        price is one host sync per step on CUDA (``nonzero``).
+        """
+        finished = done.nonzero().squeeze(-1)
+        fresh = self._new_users(finished.numel())
+        out = {}
+        for f in fields(state):
+            out[f.name] = getattr(state, f.name).index_copy(0, finished, getattr(fresh, f.name))
+        return ShopState(**out)
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start B fresh sessions. ``seed`` reseeds the simulator's generator (not the catalog)."""
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        self.state = self._new_users(self.num_users)
+        return self.observe()
+
+    def observe(self, state: ShopState | None = None) -> Observation:
+        """The agent's view of ``state`` (default: the current one). Hidden traits are left out."""
+        s = self.state if state is None else state
+        obs = {
+            "user_features": s.user_features,
+            "history_items": s.history_items,
+            "history_codes": s.history_codes,
+            "step": s.step,
+        }
+        if self.cfg.observe_satisfaction:
+            obs["satisfaction"] = s.satisfaction
+        return obs
+
+    # ---------------------------------------------------------------- stepping
+    def _check_slate(self, slate: torch.Tensor) -> torch.Tensor:
+        b, k = self.num_users, self.slate_size
+        if not isinstance(slate, torch.Tensor):
+            slate = torch.as_tensor(slate, device=self.device)
+        if slate.dim() == 1 and k == 1:
+            slate = slate.unsqueeze(-1)
+        if slate.shape != (b, k):
+            raise ValueError(f"slate has shape {tuple(slate.shape)}; it must be [num_users, slate_size] = "
+                             f"[{b}, {k}] item ids.")
+        if slate.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"slate has dtype {slate.dtype}; it must hold integer item ids (torch.long).")
+        if slate.device != self.device:
+            slate = slate.to(self.device)
+        if self.cfg.check_actions:
+            low, high = int(slate.min()), int(slate.max())
+            if low < 0 or high >= self.n_items:
+                bad = low if low < 0 else high
+                raise ValueError(f"slate holds item id {bad}, out of range: item ids must be in "
+                                 f"0..n_items-1 = 0..{self.n_items - 1}.")
+        return slate.long()
+
+    def step(self, slate: torch.Tensor) -> StepResult:
+        """Show ``slate`` [B, K] (long item ids) to every user; sample and return the responses."""
+        slate = self._check_slate(slate)
+        cfg, cat, s = self.cfg, self.catalog, self.state
+        b = slate.shape[0]
+        # One uniform per random decision: choice, purchase, rating, ignore penalty, leaving.
+        u = torch.rand(b, 5, generator=self.generator, device=self.device)
+
+        fit = torch.bmm(rows(cat.latent, slate), s.interest.unsqueeze(-1)).squeeze(-1)  # [B, K]
+        probs = response.click_probs(response.click_utilities(fit, rows(cat.hype, slate), self._slot_bias, cfg), cfg)
+        choice = sample_categorical(probs, u[:, 0]) - 1  # -1: no click, else the slot clicked
+        clicked = choice >= 0
+        slot = choice.clamp_min(0).unsqueeze(-1)
+        item = slate.gather(1, slot).squeeze(-1)  # the clicked item, or the first shown when ignored
+        item_fit = fit.gather(1, slot).squeeze(-1)
+
+        buy_prob = response.purchase_prob(item_fit, rows(cat.log_price_centered, item), s.price_sensitivity,
+                                          s.satisfaction, cfg)
+        purchased = clicked & (u[:, 1] < buy_prob)
+        drawn_rating = sample_categorical(response.rating_probs(rows(cat.quality, item), item_fit, cfg), u[:, 2]) + 1
+        rating = torch.where(purchased, drawn_rating, torch.zeros_like(drawn_rating))
+        ignore_penalized = ~clicked & (u[:, 3] < cfg.ignore_penalty_prob)
+        satisfaction = response.next_satisfaction(s.satisfaction, rating, ignore_penalized, cfg)
+        left = u[:, 4] < response.leave_prob(satisfaction, cfg)
+        price = rows(cat.price, item)
+        reward = response.reward(clicked, purchased, rating, price, cfg)
+
+        interest = s.interest
+        if cfg.interest_drift > 0:
+            pull = (cfg.interest_drift * clicked.float()).unsqueeze(-1)
+            interest = torch.nn.functional.normalize(interest + pull * (rows(cat.latent, item) - interest), dim=-1)
+        code = torch.where(purchased, response.PURCHASED + rating - 1,
+                           torch.where(clicked, torch.full_like(rating, response.CLICKED),
+                                       torch.full_like(rating, response.IGNORED)))
+        step = s.step + 1
+        reached = ShopState(
+            user_features=s.user_features,
+            interest=interest,
+            price_sensitivity=s.price_sensitivity,
+            satisfaction=satisfaction,
+            step=step,
+            history_items=torch.cat([s.history_items[:, 1:], item.unsqueeze(-1)], dim=1),
+            history_codes=torch.cat([s.history_codes[:, 1:], code.unsqueeze(-1)], dim=1),
+        )
+        done = left | (step >= cfg.horizon)
+        self.state = self._replace_finished(reached, done)
+        info = {"click": clicked, "purchase": purchased, "rating": rating, "choice": choice, "item": item,
+                "price": price, "left": left, "final_obs": self.observe(reached)}
+        return StepResult(self.observe(), reward, done, info)
+
+    # ---------------------------------------------------------------- privileged views
+    def expected_item_reward(self, items: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+        """[B, M] true expected immediate reward of showing each of ``items`` (default: all N) alone in slot 0.
+
+        Privileged (it reads hidden traits): the myopic oracle and the exact MDP use it.
+        """
+        cfg, cat, s = self.cfg, self.catalog, self.state
+        items = torch.arange(self.n_items, device=self.device) if items is None else items.to(self.device)
+        parts = []
+        for start in range(0, items.numel(), chunk):  # bounded memory for big catalogs
+            ids = items[start:start + chunk]
+            fit = s.interest @ cat.latent[ids].T  # [B, M]
+            parts.append(expected_reward(fit, ids, s.price_sensitivity, s.satisfaction, cat, cfg, self._slot_bias[0]))
+        return torch.cat(parts, dim=1)
+
+    def random_slate(self) -> torch.Tensor:
+        """[B, K] uniformly random slates of distinct items, from the shop's generator."""
+        return random_slates(self.num_users, self.n_items, self.slate_size, self.generator)
+
+
+def expected_reward(fit: torch.Tensor, items: torch.Tensor, price_sensitivity: torch.Tensor,
+                    satisfaction: torch.Tensor, catalog: Catalog, cfg: EnvConfig,
+                    slot_bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """[B, M] expected immediate reward of showing item ``items[m]`` alone, given user-item ``fit`` [B, M]."""
+    utilities = response.click_utilities(fit, catalog.hype[items], slot_bias, cfg)
+    click = response.click_probs(utilities.unsqueeze(-1), cfg)[..., 1]
+    buy = click * response.purchase_prob(fit, catalog.log_price_centered[items], price_sensitivity.unsqueeze(-1),
+                                         satisfaction.unsqueeze(-1), cfg)
+    ratings = torch.arange(1, response.N_RATINGS + 1, device=fit.device, dtype=fit.dtype)
+    mean_rating = (response.rating_probs(catalog.quality[items], fit, cfg) * ratings).sum(-1)
+    return response.reward(click, buy, buy * mean_rating, catalog.price[items], cfg)
+
+
+def sample_categorical(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """[B] index drawn from each row of ``probs`` [B, C] by inverting its CDF at ``uniform`` [B]."""
+    index = (uniform.unsqueeze(-1) >= probs.cumsum(-1)).sum(-1)
+    return index.clamp_max(probs.shape[-1] - 1)  # cumsum can end a hair below 1
+
+
+def random_slates(b: int, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """[b, k] slates of k distinct ids from 0..n-1, uniform over subsets (Floyd's algorithm, in random order).
+
+    Loops over the k slots only, never over users or items, so it costs O(b * k^2).
+    """
+    if k > n:
+        raise ConfigError(f"slate_size = {k} is larger than the catalog (n_items = {n}).")
+    device = generator.device
+    chosen = torch.empty(b, k, dtype=torch.long, device=device)
+    for j, top in enumerate(range(n - k, n)):
+        pick = (torch.rand(b, generator=generator, device=device) * (top + 1)).long().clamp_max(top)
+        taken = (chosen[:, :j] == pick.unsqueeze(-1)).any(-1)
+        chosen[:, j] = torch.where(taken, torch.full_like(pick, top), pick)
+    # Floyd's order is biased (the last slot is often the largest id); shuffle slots per row.
+    order = torch.rand(b, k, generator=generator, device=device).argsort(dim=-1)
+    return chosen.gather(1, order)

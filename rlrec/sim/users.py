@@ -1,0 +1,96 @@
+"""Users: categorical features that inform a hidden preference vector and a price sensitivity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlrec.config import EnvConfig
+from rlrec.utils import rows
+
+# Column order of the user feature tensor [B, 3].
+USER_FEATURES = ("age_band", "gender", "region")
+
+
+@dataclass
+class UserModel:
+    """How a user's hidden traits follow from their features.
+
+    ``preference = normalise(age_effect[age] + gender_effect[gender] + region_effect[region]
+    + preference_noise * noise)`` and ``price_sensitivity = age_price_sensitivity[age] *
+    exp(price_sensitivity_noise * noise)``. With both noises at 0 the features determine the
+    user exactly: a finite set of segments, which is what the tabular shop enumerates.
+    """
+
+    feature_sizes: tuple[int, int, int]  # (n_age_bands, n_genders, n_regions)
+    age_effect: torch.Tensor  # [A, D]
+    gender_effect: torch.Tensor  # [G, D]
+    region_effect: torch.Tensor  # [R, D]
+    age_price_sensitivity: torch.Tensor  # [A]
+    preference_noise: float
+    price_sensitivity_noise: float
+
+    @property
+    def n_segments(self) -> int:
+        a, g, r = self.feature_sizes
+        return a * g * r
+
+    def to(self, device: torch.device) -> "UserModel":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return UserModel(**moved)
+
+    def sample_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """[n, 3] long: uniform age band, gender and region."""
+        device = self.age_effect.device
+        sizes = torch.tensor(self.feature_sizes, device=device, dtype=torch.float32)
+        return (torch.rand(n, 3, generator=generator, device=device) * sizes).long()
+
+    def traits(self, features: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden (preference [n, D] unit vectors, price_sensitivity [n]) of users with ``features``.
+
+        With ``generator=None`` the noise is left out: the traits of the segment itself.
+        """
+        age, gender, region = features.unbind(-1)
+        mean = rows(self.age_effect, age) + rows(self.gender_effect, gender) + rows(self.region_effect, region)
+        sensitivity = rows(self.age_price_sensitivity, age)
+        if generator is not None and self.preference_noise > 0:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device) / mean.shape[-1] ** 0.5
+            mean = mean + self.preference_noise * noise
+        if generator is not None and self.price_sensitivity_noise > 0:
+            noise = torch.randn(sensitivity.shape, generator=generator, device=sensitivity.device)
+            sensitivity = sensitivity * (self.price_sensitivity_noise * noise).exp()
+        return torch.nn.functional.normalize(mean, dim=-1), sensitivity
+
+    def segment_features(self) -> torch.Tensor:
+        """[n_segments, 3] long: every feature combination, in :func:`segment_index` order."""
+        a, g, r = self.feature_sizes
+        grid = torch.cartesian_prod(torch.arange(a), torch.arange(g), torch.arange(r))
+        return grid.reshape(-1, 3).to(self.age_effect.device)
+
+    def segment_index(self, features: torch.Tensor) -> torch.Tensor:
+        """[...] long: the row of ``segment_features()`` that equals ``features`` [..., 3]."""
+        _, g, r = self.feature_sizes
+        return (features[..., 0] * g + features[..., 1]) * r + features[..., 2]
+
+
+def make_user_model(cfg: EnvConfig, generator: torch.Generator) -> UserModel:
+    """Draw the feature effects from ``generator`` (on CPU, identical on every device)."""
+    d = cfg.latent_dim
+    g = generator
+    # Age and region carry most of the signal; gender a little. Scales are relative to the
+    # unit-norm result, so they set how much each feature says about the preference.
+    age_effect = torch.randn(cfg.n_age_bands, d, generator=g) / d**0.5
+    gender_effect = 0.5 * torch.randn(cfg.n_genders, d, generator=g) / d**0.5
+    region_effect = 0.8 * torch.randn(cfg.n_regions, d, generator=g) / d**0.5
+    # Younger bands are more price sensitive: a spread of +-40% around the mean.
+    ramp = torch.linspace(1.4, 0.6, cfg.n_age_bands) if cfg.n_age_bands > 1 else torch.ones(1)
+    return UserModel(
+        feature_sizes=(cfg.n_age_bands, cfg.n_genders, cfg.n_regions),
+        age_effect=age_effect,
+        gender_effect=gender_effect,
+        region_effect=region_effect,
+        age_price_sensitivity=cfg.price_sensitivity_mean * ramp,
+        preference_noise=cfg.preference_noise,
+        price_sensitivity_noise=cfg.price_sensitivity_noise,
+    )
