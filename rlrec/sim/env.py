@@ -157,51 +157,11 @@ class Shop:
     def step(self, slate: torch.Tensor) -> StepResult:
         """Show ``slate`` [B, K] (long item ids) to every user; sample and return the responses."""
         slate = self._check_slate(slate)
-        cfg, cat, s = self.cfg, self.catalog, self.state
-        b = slate.shape[0]
         # One uniform per random decision: choice, purchase, rating, ignore penalty, leaving.
-        u = torch.rand(b, 5, generator=self.generator, device=self.device)
-
-        fit = torch.bmm(rows(cat.latent, slate), s.interest.unsqueeze(-1)).squeeze(-1)  # [B, K]
-        probs = response.click_probs(response.click_utilities(fit, rows(cat.hype, slate), self._slot_bias, cfg), cfg)
-        choice = sample_categorical(probs, u[:, 0]) - 1  # -1: no click, else the slot clicked
-        clicked = choice >= 0
-        slot = choice.clamp_min(0).unsqueeze(-1)
-        item = slate.gather(1, slot).squeeze(-1)  # the clicked item, or the first shown when ignored
-        item_fit = fit.gather(1, slot).squeeze(-1)
-
-        buy_prob = response.purchase_prob(item_fit, rows(cat.log_price_centered, item), s.price_sensitivity,
-                                          s.satisfaction, cfg)
-        purchased = clicked & (u[:, 1] < buy_prob)
-        drawn_rating = sample_categorical(response.rating_probs(rows(cat.quality, item), item_fit, cfg), u[:, 2]) + 1
-        rating = torch.where(purchased, drawn_rating, torch.zeros_like(drawn_rating))
-        ignore_penalized = ~clicked & (u[:, 3] < cfg.ignore_penalty_prob)
-        satisfaction = response.next_satisfaction(s.satisfaction, rating, ignore_penalized, cfg)
-        left = u[:, 4] < response.leave_prob(satisfaction, cfg)
-        price = rows(cat.price, item)
-        reward = response.reward(clicked, purchased, rating, price, cfg)
-
-        interest = s.interest
-        if cfg.interest_drift > 0:
-            pull = (cfg.interest_drift * clicked.float()).unsqueeze(-1)
-            interest = torch.nn.functional.normalize(interest + pull * (rows(cat.latent, item) - interest), dim=-1)
-        code = torch.where(purchased, response.PURCHASED + rating - 1,
-                           torch.where(clicked, torch.full_like(rating, response.CLICKED),
-                                       torch.full_like(rating, response.IGNORED)))
-        step = s.step + 1
-        reached = ShopState(
-            user_features=s.user_features,
-            interest=interest,
-            price_sensitivity=s.price_sensitivity,
-            satisfaction=satisfaction,
-            step=step,
-            history_items=torch.cat([s.history_items[:, 1:], item.unsqueeze(-1)], dim=1),
-            history_codes=torch.cat([s.history_codes[:, 1:], code.unsqueeze(-1)], dim=1),
-        )
-        done = left | (step >= cfg.horizon)
+        uniforms = torch.rand(slate.shape[0], 5, generator=self.generator, device=self.device)
+        reached, reward, done, info = transition(self.cfg, self.catalog, self._slot_bias, self.state, slate, uniforms)
         self.state = self._replace_finished(reached, done)
-        info = {"click": clicked, "purchase": purchased, "rating": rating, "choice": choice, "item": item,
-                "price": price, "left": left, "final_obs": self.observe(reached)}
+        info["final_obs"] = self.observe(reached)
         return StepResult(self.observe(), reward, done, info)
 
     # ---------------------------------------------------------------- privileged views
@@ -222,6 +182,56 @@ class Shop:
     def random_slate(self) -> torch.Tensor:
         """[B, K] uniformly random slates of distinct items, from the shop's generator."""
         return random_slates(self.num_users, self.n_items, self.slate_size, self.generator)
+
+
+def transition(cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopState, slate: torch.Tensor,
+               u: torch.Tensor) -> tuple[ShopState, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One step of B sessions as a pure function: the state reached, reward, done and the responses.
+
+    ``u`` [B, 5] holds one uniform per random decision (choice, purchase, rating, ignore
+    penalty, leaving); each is compared with a probability from :mod:`rlrec.sim.response`.
+    Finished rows are not reset here (see ``Shop._replace_finished``).
+    """
+    fit = torch.bmm(rows(cat.latent, slate), s.interest.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    probs = response.click_probs(response.click_utilities(fit, rows(cat.hype, slate), slot_bias, cfg), cfg)
+    choice = sample_categorical(probs, u[:, 0]) - 1  # -1: no click, else the slot clicked
+    clicked = choice >= 0
+    slot = choice.clamp_min(0).unsqueeze(-1)
+    item = slate.gather(1, slot).squeeze(-1)  # the clicked item, or the first shown when ignored
+    item_fit = fit.gather(1, slot).squeeze(-1)
+
+    buy_prob = response.purchase_prob(item_fit, rows(cat.log_price_centered, item), s.price_sensitivity,
+                                      s.satisfaction, cfg)
+    purchased = clicked & (u[:, 1] < buy_prob)
+    drawn_rating = sample_categorical(response.rating_probs(rows(cat.quality, item), item_fit, cfg), u[:, 2]) + 1
+    rating = torch.where(purchased, drawn_rating, torch.zeros_like(drawn_rating))
+    ignore_penalized = ~clicked & (u[:, 3] < cfg.ignore_penalty_prob)
+    satisfaction = response.next_satisfaction(s.satisfaction, rating, ignore_penalized, cfg)
+    left = u[:, 4] < response.leave_prob(satisfaction, cfg)
+    price = rows(cat.price, item)
+    reward = response.reward(clicked, purchased, rating, price, cfg)
+
+    interest = s.interest
+    if cfg.interest_drift > 0:
+        pull = (cfg.interest_drift * clicked.float()).unsqueeze(-1)
+        interest = torch.nn.functional.normalize(interest + pull * (rows(cat.latent, item) - interest), dim=-1)
+    code = torch.where(purchased, response.PURCHASED + rating - 1,
+                       torch.where(clicked, torch.full_like(rating, response.CLICKED),
+                                   torch.full_like(rating, response.IGNORED)))
+    step = s.step + 1
+    reached = ShopState(
+        user_features=s.user_features,
+        interest=interest,
+        price_sensitivity=s.price_sensitivity,
+        satisfaction=satisfaction,
+        step=step,
+        history_items=torch.cat([s.history_items[:, 1:], item.unsqueeze(-1)], dim=1),
+        history_codes=torch.cat([s.history_codes[:, 1:], code.unsqueeze(-1)], dim=1),
+    )
+    done = left | (step >= cfg.horizon)
+    info = {"click": clicked, "purchase": purchased, "rating": rating, "choice": choice, "item": item,
+            "price": price, "left": left}
+    return reached, reward, done, info
 
 
 def expected_reward(fit: torch.Tensor, items: torch.Tensor, price_sensitivity: torch.Tensor,
