@@ -174,3 +174,103 @@ def env_preset(name: str = "default", **overrides: Any) -> EnvConfig:
         return merged
 
     return env_config_from(load(name), **overrides)
+
+
+# ----------------------------------------------------------------------------- agents
+@dataclass
+class DQNConfig:
+    """``agent=dqn``; every field is a keyword of :class:`rlrec.agents.dqn.DQNAgent` (documented there)."""
+
+    _target_: str = "rlrec.agents.dqn.DQNAgent"
+    head: str = "dot"
+    history: str = "mean"
+    embed_dim: int = 32
+    hidden_dim: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    gamma: float = 0.95
+    buffer_size: int = 200_000
+    batch_size: int = 512
+    learning_starts: int = 5_000
+    updates_per_step: int = 1
+    target_update_interval: int = 250
+    tau: float = 1.0
+    double_dqn: bool = True
+    loss: str = "huber"
+    max_grad_norm: float = 10.0
+    n_step: int = 1
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    exploration_steps: int = 200_000
+
+
+@dataclass
+class BanditConfig(DQNConfig):
+    """``agent=bandit``: the DQN's networks predicting the immediate reward (gamma is forced to 0)."""
+
+    _target_: str = "rlrec.agents.baselines.BanditAgent"
+    gamma: float = 0.0
+
+
+@dataclass
+class TabularQConfig:
+    """``agent=tabular_q`` (needs ``env=tiny``); fields of :class:`rlrec.agents.tabular_q.TabularQAgent`."""
+
+    _target_: str = "rlrec.agents.tabular_q.TabularQAgent"
+    lr: float = 0.5
+    lr_min: float = 0.0
+    lr_decay_visits: float = 100.0
+    gamma: float = 1.0
+    eps_start: float = 1.0
+    eps_end: float = 0.5
+    exploration_steps: int = 1_000_000
+
+
+@dataclass
+class RandomConfig:
+    _target_: str = "rlrec.agents.baselines.RandomAgent"
+
+
+@dataclass
+class PopularConfig:
+    _target_: str = "rlrec.agents.baselines.PopularAgent"
+    epsilon: float = 0.1
+
+
+@dataclass
+class MyopicConfig:
+    _target_: str = "rlrec.agents.baselines.MyopicAgent"
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer=default``: the collect -> store -> update -> log -> checkpoint loop."""
+
+    env_steps: int = 1500  # batched environment steps (each serves env.num_users users)
+    log_every: int = 50  # environment steps between TensorBoard writes
+    checkpoint_every: int = 250  # environment steps between checkpoints (0: only at the end)
+    eval_users: int = 1024  # users in the final evaluation (one session each)
+    eval_seed: int = 10_000  # seeds the evaluation users: common random numbers across runs
+    resume: str = "auto"  # "auto": continue from the run directory's checkpoint if any; a path; or "never"
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class LoggerConfig:
+    """``logger=tensorboard``."""
+
+    tensorboard: bool = True
+    log_dir: str = "tb"  # relative to the run directory
+
+
+def register_configs() -> None:
+    """Register every schema in Hydra's ConfigStore: ``env/base_env``, ``agent/base_<name>``, ..."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="env", name="base_env", node=EnvConfig)
+    for name, node in [("dqn", DQNConfig), ("bandit", BanditConfig), ("tabular_q", TabularQConfig),
+                       ("random", RandomConfig), ("popular", PopularConfig), ("myopic", MyopicConfig)]:
+        cs.store(group="agent", name=f"base_{name}", node=node)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)

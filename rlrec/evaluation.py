@@ -36,27 +36,36 @@ class SessionStats:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and 95% CI half-width of the standard metrics."""
-        shown = self.length.double() * self.slate_size
-        rated = self.purchases.double()
         return {
             "return": mean_ci(self.session_return),
             "length": mean_ci(self.length),
             "ctr": mean_ci(self.clicks / self.length.clamp_min(1)),  # clicks per slate
             "purchase_rate": mean_ci(self.purchases / self.length.clamp_min(1)),  # purchases per slate
             "purchases": mean_ci(self.purchases),
-            "avg_rating": {"mean": float(self.rating_sum.sum() / rated.sum().clamp_min(1)), "ci95": math.nan},
+            "avg_rating": _rating_mean_ci(self.rating_counts),
             "revenue": mean_ci(self.revenue),
-            "coverage": {"mean": float(self.items_shown.double().mean()), "ci95": 0.0},
-            "items_per_session": {"mean": float(shown.mean()), "ci95": math.nan},
+            "coverage": {"mean": float(self.items_shown.double().mean()), "ci95": 0.0},  # a fraction, not a sample
         }
+
+
+def _rating_mean_ci(counts: torch.Tensor, z: float = 1.96) -> dict[str, float]:
+    """Mean rating and its 95% CI from the counts of ratings 1..5 (each purchase one sample)."""
+    n = float(counts.sum())
+    if n == 0:
+        return {"mean": 0.0, "ci95": 0.0, "n": 0}
+    values = torch.arange(1, 6, dtype=torch.float64, device=counts.device)
+    mean = float((counts * values).sum() / n)
+    var = float((counts * (values - mean) ** 2).sum() / max(n - 1, 1))
+    return {"mean": mean, "ci95": z * math.sqrt(var / n), "n": int(n)}
 
 
 def mean_ci(values: torch.Tensor, z: float = 1.96) -> dict[str, float]:
     """Mean and normal-approximation 95% CI half-width of a sample."""
     values = values.double().flatten()
     n = values.numel()
-    std = float(values.std()) if n > 1 else math.nan
-    return {"mean": float(values.mean()), "ci95": z * std / math.sqrt(n) if n > 1 else math.nan, "n": n}
+    if n < 2:
+        return {"mean": float(values.mean()) if n else 0.0, "ci95": 0.0, "n": n}
+    return {"mean": float(values.mean()), "ci95": z * float(values.std()) / math.sqrt(n), "n": n}
 
 
 @torch.no_grad()

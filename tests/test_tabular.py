@@ -30,7 +30,7 @@ def test_mdp_is_a_distribution(tiny):
 
 
 def _state_index(shop, mdp, obs):
-    return mdp.state_index(obs, shop.users.segment_index)
+    return mdp.state_index(obs, shop.cfg)
 
 
 def test_simulator_samples_the_enumerated_mdp(tiny):

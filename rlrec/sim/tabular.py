@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlrec.config import ConfigError
+from rlrec.config import ConfigError, EnvConfig
 from rlrec.sim import response
 from rlrec.sim.env import Observation, Shop
 
@@ -65,10 +65,21 @@ class TabularMDP:
         """[S, A] expected immediate reward (0 in the terminal)."""
         return (self.outcome_prob * self.outcome_reward).sum(-1)
 
-    def state_index(self, obs: Observation, segment_index) -> torch.Tensor:
-        """[B] state index of simulator observations (``segment_index`` maps user features to segments)."""
-        segment = segment_index(obs["user_features"])
-        return (segment * self.satisfaction_levels + obs["satisfaction"]) * self.horizon + obs["step"]
+    def state_index(self, obs: Observation, cfg: EnvConfig) -> torch.Tensor:
+        """[B] state index of simulator observations."""
+        return tabular_state_index(obs, cfg)
+
+
+def tabular_state_index(obs: Observation, cfg: EnvConfig) -> torch.Tensor:
+    """[B] index ``(segment * L + satisfaction) * T + step`` of observations of an enumerable shop."""
+    age, gender, region = obs["user_features"].unbind(-1)
+    segment = (age * cfg.n_genders + gender) * cfg.n_regions + region
+    return (segment * cfg.satisfaction_levels + obs["satisfaction"]) * cfg.horizon + obs["step"]
+
+
+def n_tabular_states(cfg: EnvConfig) -> int:
+    """States of the enumerable shop ``cfg``, the terminal included."""
+    return cfg.n_age_bands * cfg.n_genders * cfg.n_regions * cfg.satisfaction_levels * cfg.horizon + 1
 
 
 def _require_enumerable(shop: Shop) -> None:
@@ -215,6 +226,17 @@ def greedy(q: torch.Tensor) -> torch.Tensor:
 def myopic_policy(mdp: TabularMDP) -> torch.Tensor:
     """[S] the policy that maximises the expected immediate reward."""
     return greedy(mdp.R)
+
+
+def occupancy(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
+    """[S] expected number of visits to each state in one session under ``policy``."""
+    pi = policy_matrix(mdp, policy)
+    p_pi = torch.einsum("sa,sat->st", pi, mdp.P)
+    live = torch.arange(mdp.n_states) != mdp.terminal
+    a = torch.eye(int(live.sum()), dtype=torch.float64) - p_pi[live][:, live].T
+    visits = torch.zeros(mdp.n_states, dtype=torch.float64)
+    visits[live] = torch.linalg.solve(a, mdp.start[live])
+    return visits
 
 
 def start_value(mdp: TabularMDP, v: torch.Tensor) -> float:

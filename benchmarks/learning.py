@@ -1,0 +1,110 @@
+"""Learning benchmark on the default shop: DQN against the baselines, over several seeds.
+
+    python benchmarks/learning.py --quick --out bench_learning.json
+    python benchmarks/learning.py --seeds 5 --steps 3000
+
+For each training seed, every learning policy trains on its own shop (same catalog),
+then all policies are evaluated on the same fixed evaluation users (common random
+numbers), one full session per user. Prints a table (mean session return with a 95% CI
+pooled over seeds x users, CTR, purchases per session, mean rating, training wall time,
+env-steps/s) and writes JSON ``{"policies": {name: {...}}, "dqn_env_steps_per_s"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from rlrec.agents.baselines import BanditAgent, MyopicAgent, PopularAgent, RandomAgent
+from rlrec.agents.dqn import DQNAgent
+from rlrec.config import env_preset
+from rlrec.evaluation import SessionStats, mean_ci, run_sessions
+from rlrec.sim.env import Shop
+from rlrec.trainer import train_steps
+
+DQN_DEFAULTS = dict(gamma=0.95, lr=1e-3, batch_size=512, learning_starts=5000, exploration_steps=200_000,
+                    target_update_interval=250)
+
+
+def make_agent(name: str, shop: Shop, seed: int):
+    cfg = shop.cfg
+    if name == "random":
+        return RandomAgent(cfg.n_items, cfg.slate_size, seed=seed, device=cfg.device)
+    if name == "popular":
+        return PopularAgent(cfg.n_items, cfg.slate_size, seed=seed, device=cfg.device)
+    if name == "myopic_oracle":
+        return MyopicAgent(shop, seed=seed)
+    kwargs = dict(DQN_DEFAULTS, num_users=cfg.num_users, seed=seed, device=cfg.device)
+    if name == "bandit":
+        return BanditAgent(cfg, shop.catalog, **kwargs)
+    return DQNAgent(cfg, shop.catalog, **kwargs)
+
+
+def run(seeds: int, steps: int, train_users: int, eval_users: int, device: str,
+        policies: tuple[str, ...] = ("random", "popular", "bandit", "myopic_oracle", "dqn")) -> dict:
+    results: dict[str, dict] = {}
+    for name in policies:
+        stats: list[SessionStats] = []
+        wall, env_steps = 0.0, 0
+        for seed in range(seeds):
+            shop = Shop(env_preset("default", device=device, num_users=train_users, seed=0))
+            shop.reset(seed=seed)
+            agent = make_agent(name, shop, seed)
+            if name in ("popular", "bandit", "dqn"):
+                start = time.perf_counter()
+                train_steps(shop, agent, steps)
+                wall += time.perf_counter() - start
+                env_steps += steps * train_users
+            eval_shop = Shop(env_preset("default", device=device, num_users=eval_users, seed=0))
+            if name == "myopic_oracle":
+                agent = MyopicAgent(eval_shop)
+            stats.append(run_sessions(eval_shop, lambda obs: agent.act(obs), seed=10_000))
+        returns = torch.cat([s.session_return for s in stats])
+        length = torch.cat([s.length for s in stats]).double()
+        clicks = torch.cat([s.clicks for s in stats])
+        purchases = torch.cat([s.purchases for s in stats])
+        ratings = sum(float(s.rating_sum.sum()) for s in stats)
+        results[name] = {
+            "return_mean": mean_ci(returns)["mean"], "return_ci95": mean_ci(returns)["ci95"],
+            "seed_means": [float(s.session_return.mean()) for s in stats],
+            "ctr": float(clicks.sum() / length.sum()), "purchases_per_session": float(purchases.mean()),
+            "mean_rating": ratings / max(float(purchases.sum()), 1.0),
+            "train_wall_s": wall / seeds, "env_steps_per_s": env_steps / wall if wall > 0 else None,
+        }
+        r = results[name]
+        sps = f"{r['env_steps_per_s']:,.0f}" if r["env_steps_per_s"] else "-"
+        print(f"| {name} | {r['return_mean']:.2f} ± {r['return_ci95']:.2f} | {r['ctr']:.3f} | "
+              f"{r['purchases_per_session']:.2f} | {r['mean_rating']:.2f} | {r['train_wall_s']:.0f} | {sps} |",
+              flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 seeds, 1500 training steps: a few minutes")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3000, help="environment steps of training (x train users)")
+    parser.add_argument("--train-users", type=int, default=256)
+    parser.add_argument("--eval-users", type=int, default=2048)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="bench_learning.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.eval_users = 1500, 1024
+    print(f"default shop, {args.seeds} seeds, {args.steps} steps x {args.train_users} users of training, "
+          f"{args.eval_users} evaluation sessions per seed")
+    print("| policy | session return (95% CI) | CTR | purchases/session | mean rating | train s/seed | env-steps/s |")
+    print("|---|---|---|---|---|---|---|")
+    results = run(args.seeds, args.steps, args.train_users, args.eval_users, args.device)
+    out = {"policies": results, "dqn_env_steps_per_s": results["dqn"]["env_steps_per_s"],
+           "config": vars(args)}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Agents against the oracle: DQN = tabular exactly, tabular -> Q*, deep DQN -> optimal on the tiny shop."""
+
+import pytest
+import torch
+
+from rlrec.agents.base import Agent, make_transition
+from rlrec.agents.baselines import BanditAgent, MyopicAgent, PopularAgent, RandomAgent
+from rlrec.agents.dqn import DQNAgent
+from rlrec.agents.tabular_q import TabularQAgent
+from rlrec.config import env_preset
+from rlrec.replay import ReplayBuffer
+from rlrec.sim.env import Shop
+from rlrec.sim.tabular import (build_tabular_mdp, evaluate_policy, greedy, occupancy, start_value,
+                               value_iteration)
+from rlrec.trainer import train_steps
+
+from conftest import DEVICES
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    shop = Shop(env_preset("tiny", device="cpu", num_users=8))
+    mdp = build_tabular_mdp(shop)
+    q, v = value_iteration(mdp)
+    return shop, mdp, q, v
+
+
+def all_state_obs(shop, mdp):
+    """One observation per non-terminal tabular state, in state-index order."""
+    cfg = shop.cfg
+    index = torch.arange(mdp.n_states - 1)
+    step, sat, segment = index % cfg.horizon, (index // cfg.horizon) % cfg.satisfaction_levels, \
+        index // (cfg.horizon * cfg.satisfaction_levels)
+    empty = torch.full((index.numel(), cfg.history_len), 0, dtype=torch.long)
+    return {"user_features": shop.users.segment_features()[segment], "step": step, "satisfaction": sat,
+            "history_items": empty + cfg.n_items, "history_codes": empty}
+
+
+def greedy_table(agent, shop, mdp):
+    actions = agent.act(all_state_obs(shop, mdp)).squeeze(1).cpu()
+    return torch.cat([actions, torch.zeros(1, dtype=torch.long)])  # the terminal's action is moot
+
+
+def test_agents_follow_the_protocol(small_shop):
+    cfg = small_shop.cfg
+    agents = [RandomAgent(cfg.n_items, cfg.slate_size, device="cpu"),
+              PopularAgent(cfg.n_items, cfg.slate_size, device="cpu"),
+              MyopicAgent(small_shop),
+              BanditAgent(cfg, small_shop.catalog, num_users=cfg.num_users, device="cpu", learning_starts=64),
+              DQNAgent(cfg, small_shop.catalog, num_users=cfg.num_users, device="cpu", learning_starts=64)]
+    obs = small_shop.reset(seed=0)
+    for agent in agents:
+        assert isinstance(agent, Agent)
+        slate = agent.act(obs, explore=True)
+        assert slate.shape == (cfg.num_users, cfg.slate_size) and slate.dtype == torch.long
+        assert bool((slate.sort(1).values.diff(1) > 0).all()), "slates hold distinct items"
+        result = small_shop.step(slate)
+        agent.observe(make_transition(obs, slate, result))
+        agent.observe(make_transition(obs, slate, result))
+        assert isinstance(agent.update(), dict)
+        agent.load_state_dict(agent.state_dict())
+        obs = result.obs
+
+
+def test_one_hot_dqn_with_sgd_is_tabular_q_learning(oracle):
+    """Same 1,200 transitions, fed one at a time: the Q tables agree to 1e-6."""
+    shop, mdp, _, _ = oracle
+    alpha, gamma = 0.1, 1.0
+    tabular = TabularQAgent(shop.cfg, lr=alpha, lr_decay_visits=0, gamma=gamma, dtype=torch.float32)
+    dqn = DQNAgent(shop.cfg, shop.catalog, num_users=8, head="tabular", optimizer="sgd", lr=alpha, gamma=gamma,
+                   loss="mse", target_update_interval=1, max_grad_norm=0, double_dqn=True, device="cpu")
+    obs = shop.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    fed = 0
+    while fed < 1200:
+        slate = torch.randint(shop.n_items, (shop.num_users, 1), generator=gen)
+        result = shop.step(slate)
+        t = make_transition(obs, slate, result)
+        state, next_state = tabular.state(t["obs"]), tabular.state(t["next_obs"])
+        next_state = torch.where(t["done"], torch.full_like(next_state, tabular.terminal), next_state)
+        for row in range(shop.num_users):  # batch size 1, in a fixed order
+            one = slice(row, row + 1)
+            tabular.learn(state[one], t["action"][one], t["reward"][one], next_state[one], t["done"][one])
+            dqn.learn({"obs": {k: v[one] for k, v in t["obs"].items()}, "action": t["action"][one],
+                       "reward": t["reward"][one], "next_obs": {k: v[one] for k, v in t["next_obs"].items()},
+                       "done": t["done"][one], "discount": torch.full((1,), gamma)})
+            fed += 1
+        obs = result.obs
+    table = dqn.q.table.weight.detach()
+    assert float(tabular.q.abs().max()) > 1.0  # something was learned
+    torch.testing.assert_close(table[:-1], tabular.q[:-1], atol=1e-6, rtol=0)
+
+
+def test_tabular_q_learning_converges_to_q_star(oracle):
+    _, mdp, q_star, v_star = oracle
+    shop = Shop(env_preset("tiny", device="cpu", num_users=2048))
+    agent = TabularQAgent(shop.cfg, exploration_steps=1_000_000, eps_end=0.5, lr_decay_visits=100, seed=0)
+    train_steps(shop, agent, 2000)
+    pi_star = greedy(q_star)
+    visited = occupancy(mdp, pi_star) > 0
+    visited[mdp.terminal] = False
+    states = torch.arange(mdp.n_states)[visited]
+    error = (agent.q[states, pi_star[states]] - q_star[states, pi_star[states]]).abs().max()
+    assert float(error) <= 0.05 * float(q_star.abs().max())
+    value = start_value(mdp, evaluate_policy(mdp, greedy(agent.q)))
+    assert value >= 0.99 * start_value(mdp, v_star)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deep_dqn_is_optimal_on_the_tiny_shop(oracle, seed):
+    """The embedding DQN (replay, target network) reaches >= 98% of V*, exactly evaluated."""
+    _, mdp, _, v_star = oracle
+    shop = Shop(env_preset("tiny", device="cpu", num_users=256))
+    agent = DQNAgent(shop.cfg, shop.catalog, num_users=256, history="none", gamma=1.0, loss="mse", lr=1e-3,
+                     embed_dim=16, batch_size=512, learning_starts=2000, exploration_steps=300_000, eps_end=0.1,
+                     target_update_interval=100, seed=seed, device="cpu")
+    train_steps(shop, agent, 3000)
+    value = start_value(mdp, evaluate_policy(mdp, greedy_table(agent, shop, mdp)))
+    assert value >= 0.98 * start_value(mdp, v_star)
+
+
+# ----------------------------------------------------------------------------- replay
+def _obs(step, b=4):
+    return {"step": torch.full((b,), step), "user_features": torch.zeros(b, 3, dtype=torch.long)}
+
+
+def test_replay_wraps_around_keeping_the_newest():
+    buffer = ReplayBuffer(capacity=12, num_users=4, seed=0)
+    for step in range(5):  # 3 slots: steps 2, 3, 4 survive
+        buffer.add(_obs(step), torch.arange(4), torch.full((4,), float(step)), _obs(step + 1),
+                   torch.zeros(4, dtype=torch.bool))
+    assert len(buffer) == 12
+    batch = buffer.sample(2000)
+    assert set(batch["obs"]["step"].tolist()) == {2, 3, 4}
+    assert torch.equal(batch["reward"], batch["obs"]["step"].float())
+    assert torch.equal(batch["next_obs"]["step"], batch["obs"]["step"] + 1)
+
+
+def test_replay_never_bootstraps_across_a_reset():
+    gamma = 0.5
+    buffer = ReplayBuffer(capacity=40, num_users=2, gamma=gamma, n_step=3, seed=0)
+    # user 0's session ends at step 1; user 1 never finishes
+    for step in range(6):
+        done = torch.tensor([step == 1, False])
+        buffer.add(_obs(step, 2), torch.zeros(2, dtype=torch.long), torch.ones(2), _obs(step + 1, 2), done)
+    batch = buffer.sample(4000)
+    starts = batch["obs"]["step"]
+    for row in range(4000):
+        s = int(starts[row])
+        crosses = s <= 1 and bool(batch["done"][row]) and int(batch["next_obs"]["step"][row]) == 2
+        if crosses:  # a window of user 0 that contains the end: stops there, flagged done
+            assert float(batch["reward"][row]) == sum(gamma**k for k in range(2 - s))
+    ends = batch["done"]
+    assert bool((batch["next_obs"]["step"][ends] == 2).all()), "bootstrap obs is the final one, not the new user's"
+    assert bool((starts <= 3).all()), "the 3-step window must lie inside what is held"
+    live = ~ends
+    torch.testing.assert_close(batch["discount"][live], torch.full_like(batch["discount"][live], gamma**3))
+    torch.testing.assert_close(batch["reward"][live], torch.full_like(batch["reward"][live], 1 + gamma + gamma**2))
+
+
+def test_dqn_target_masks_done_rows(oracle):
+    shop, _, _, _ = oracle
+    agent = DQNAgent(shop.cfg, shop.catalog, num_users=8, device="cpu")
+    obs = shop.reset(seed=0)
+    reward = torch.arange(8.0)
+    done = torch.tensor([True, False] * 4)
+    target = agent.td_target(reward, obs, done, torch.full((8,), 0.9))
+    torch.testing.assert_close(target[done], reward[done])
+    assert not torch.equal(target[~done], reward[~done])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_replay_samples_stay_on_the_buffer_device(device):
+    buffer = ReplayBuffer(capacity=16, num_users=4, device=device)
+    for step in range(4):
+        buffer.add(_obs(step), torch.arange(4), torch.ones(4), _obs(step + 1), torch.zeros(4, dtype=torch.bool))
+    batch = buffer.sample(8)
+    assert batch["reward"].device.type == device and batch["obs"]["step"].device.type == device
+
+
+# ----------------------------------------------------------------------------- determinism, devices
+@pytest.mark.parametrize("device", DEVICES)
+def test_dqn_training_is_deterministic(device):
+    def train():
+        shop = Shop(env_preset("default", device=device, num_users=64, n_items=100))
+        agent = DQNAgent(shop.cfg, shop.catalog, num_users=64, learning_starts=256, batch_size=64, device=device,
+                         seed=3)
+        train_steps(shop, agent, 30)
+        return torch.cat([p.detach().flatten().cpu() for p in agent.q.parameters()])
+
+    first, second = train(), train()
+    assert torch.equal(first, second)
+
+
+@pytest.mark.slow
+def test_dqn_beats_the_myopic_oracle_and_the_bandit_on_the_default_shop():
+    """Reduced learning benchmark: one training seed, 95% CIs over 1024 evaluation sessions apart."""
+    from benchmarks.learning import run
+
+    results = run(seeds=1, steps=1500, train_users=256, eval_users=1024, device="cpu",
+                  policies=("bandit", "myopic_oracle", "dqn"))
+    dqn = results["dqn"]
+    for rival in ("bandit", "myopic_oracle"):
+        other = results[rival]
+        assert dqn["return_mean"] - dqn["return_ci95"] > other["return_mean"] + other["return_ci95"], (rival, results)

@@ -1,0 +1,26 @@
+"""Train an agent on the shop: ``python train.py [env=...] [agent=...] [key=value ...]``.
+
+Composed by Hydra from conf/train.yaml; see README.md. Returns the final evaluation's mean
+session return, so ``-m`` sweeps (Optuna included) can optimise it.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rlrec.cli import friendly_errors
+from rlrec.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from rlrec.trainer import train
+
+    with friendly_errors():
+        return train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
