@@ -246,11 +246,12 @@ class MyopicConfig:
 class TrainerConfig:
     """``trainer=default``: the collect -> store -> update -> log -> checkpoint loop."""
 
-    env_steps: int = 1500  # batched environment steps (each serves env.num_users users)
+    env_steps: int = 3000  # batched environment steps (each serves env.num_users users)
     log_every: int = 50  # environment steps between TensorBoard writes
     checkpoint_every: int = 250  # environment steps between checkpoints (0: only at the end)
     eval_users: int = 1024  # users in the final evaluation (one session each)
     eval_seed: int = 10_000  # seeds the evaluation users: common random numbers across runs
+    eval_baselines: list[str] = field(default_factory=lambda: ["myopic_oracle"])  # also evaluated, same users
     resume: str = "auto"  # "auto": continue from the run directory's checkpoint if any; a path; or "never"
     progress: bool = True  # tqdm progress bar
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -102,3 +102,9 @@ def run_sessions(shop: Shop, policy: Policy | Callable[[Shop], torch.Tensor], se
     # every session has ended by the horizon, so nothing is cut short
     return SessionStats(ret, length, clicks, purchases, rating_sum, revenue, rating_counts[1:], items_shown,
                         shop.slate_size)
+
+
+def compare_policies(shop: Shop, policies: dict[str, Any], seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """:meth:`SessionStats.summary` of each agent in ``policies`` ({label: agent}), all on the same
+    users and random numbers (the shop is reseeded with ``seed`` before each)."""
+    return {label: run_sessions(shop, agent.act, seed=seed).summary() for label, agent in policies.items()}

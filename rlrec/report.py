@@ -19,13 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.checkpoint import CheckpointError, load_checkpoint, move_to
 from rlrec.config import env_config_from
-from rlrec.evaluation import run_sessions
+from rlrec.evaluation import compare_policies
 from rlrec.sim.env import Shop
-from rlrec.trainer import CHECKPOINT_NAME, env_fingerprint, make_agent
+from rlrec.trainer import CHECKPOINT_NAME, env_fingerprint, make_agent, make_baselines
 
 METRICS = ("return", "length", "ctr", "purchase_rate", "avg_rating", "revenue", "coverage")
-BASELINES = {"random": {"_target_": "rlrec.agents.baselines.RandomAgent"},
-             "myopic_oracle": {"_target_": "rlrec.agents.baselines.MyopicAgent"}}
 
 
 def resolve_checkpoint(run_dir: str | None, checkpoint: str | None) -> Path:
@@ -59,13 +57,11 @@ def evaluate_run(run_dir: str | None = None, checkpoint: str | None = None, eval
     trained.load_state_dict(move_to(saved["agent"], shop.device))
     name = str(cfg.agent._target_).rsplit(".", 1)[-1]
     policies = {f"trained ({name})": trained}
-    for baseline in baselines:
-        policies[baseline] = make_agent(OmegaConf.create(BASELINES[baseline]), shop, int(cfg.seed))
+    policies.update(make_baselines(baselines, shop, int(cfg.seed)))
 
     report: dict[str, Any] = {"checkpoint": str(path), "env_steps": int(saved["env_step"]), "eval_users": eval_users,
                               "eval_seed": eval_seed, "policies": {}}
-    for label, agent in policies.items():
-        summary = run_sessions(shop, lambda obs, a=agent: a.act(obs), seed=eval_seed).summary()
+    for label, summary in compare_policies(shop, policies, eval_seed).items():
         report["policies"][label] = {k: summary[k] for k in METRICS}
 
     if env_cfg.slate_size == 1 and env_cfg.observe_satisfaction and env_cfg.preference_noise == 0 \

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlrec.agents.base import Agent, make_transition
 from rlrec.checkpoint import CheckpointError, load_checkpoint, move_to, save_checkpoint
 from rlrec.config import ConfigError, env_config_from
-from rlrec.evaluation import run_sessions
+from rlrec.evaluation import compare_policies
 from rlrec.sim.env import Shop, ShopState
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -59,6 +59,18 @@ def make_agent(agent_cfg: DictConfig, shop: Shop, seed: int) -> Agent:
     if name == "MyopicAgent":
         return cls(shop, seed=seed)
     return cls(env_cfg.n_items, env_cfg.slate_size, seed=seed, device=dev, **kwargs)
+
+
+BASELINES = {"random": "rlrec.agents.baselines.RandomAgent", "myopic_oracle": "rlrec.agents.baselines.MyopicAgent"}
+"""Non-learning baselines that evaluations can add by name."""
+
+
+def make_baselines(names: Any, shop: Shop, seed: int) -> dict[str, Agent]:
+    """{name: agent} for baseline ``names`` (keys of :data:`BASELINES`), built for ``shop``."""
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}.")
+    return {name: make_agent(OmegaConf.create({"_target_": BASELINES[name]}), shop, seed) for name in names}
 
 
 def env_fingerprint(env_cfg: Any) -> str:
@@ -184,15 +196,22 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     checkpoint(tcfg.env_steps)
 
     eval_shop = Shop(env_cfg, num_users=tcfg.eval_users)
-    summary = run_sessions(eval_shop, lambda obs: agent.act(obs), seed=tcfg.eval_seed).summary()
+    policies = {"trained": agent, **make_baselines(tcfg.eval_baselines, eval_shop, int(cfg.seed))}
+    results = compare_policies(eval_shop, policies, seed=tcfg.eval_seed)
+    summary = results["trained"]
     if writer is not None:
         for key, stat in summary.items():
             writer.add_scalar(f"eval/{key}", stat["mean"], tcfg.env_steps * b)
+        for name in tcfg.eval_baselines:
+            writer.add_scalar(f"eval/{name}_return", results[name]["return"]["mean"], tcfg.env_steps * b)
         hparams = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items()
                    if isinstance(v, (int, float, str, bool))}
         hparams.update(seed=int(cfg.seed), env_steps=int(tcfg.env_steps))
         writer.add_hparams(hparams, {f"hparam/eval_{k}": v["mean"] for k, v in summary.items()
                                      if k in ("return", "ctr", "purchase_rate", "length")}, run_name="hparams")
         writer.close()
-    (run_dir / "train_eval.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / "train_eval.json").write_text(json.dumps(results, indent=1))
+    print(f"final evaluation, {tcfg.eval_users} sessions each, mean session return (95% CI):")
+    for name, result in results.items():
+        print(f"  {name:>14}: {result['return']['mean']:.3f} ± {result['return']['ci95']:.3f}")
     return float(summary["return"]["mean"])

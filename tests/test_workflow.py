@@ -45,8 +45,10 @@ def test_train_writes_checkpoint_events_and_evaluation(trained_run):
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     state = load_checkpoint(trained_run / "checkpoint.pt")
     assert state["env_step"] == 40 and "buffer" in state["agent"] and "optimizer" in state["agent"]
-    summary = json.loads((trained_run / "train_eval.json").read_text())
-    assert summary["return"]["n"] == 64 and summary["return"]["mean"] > 0
+    results = json.loads((trained_run / "train_eval.json").read_text())
+    assert set(results) == {"trained", "myopic_oracle"}
+    assert results["trained"]["return"]["n"] == 64 and results["trained"]["return"]["mean"] > 0
+    assert results["myopic_oracle"]["ctr"]["mean"] > 0.5
 
 
 def test_tensorboard_has_the_documented_tags(trained_run):
@@ -57,7 +59,7 @@ def test_tensorboard_has_the_documented_tags(trained_run):
     tags = set(acc.Tags()["scalars"])
     for tag in ("charts/episodic_return", "charts/episode_length", "charts/ctr", "charts/purchase_rate",
                 "charts/avg_rating", "charts/epsilon", "charts/SPS", "losses/td_loss", "losses/q_values",
-                "eval/return", "eval/ctr"):
+                "eval/return", "eval/ctr", "eval/myopic_oracle_return"):
         assert tag in tags, tag
     curve = read_scalars(trained_run / "tb", "charts/epsilon")
     assert [step for step, _ in curve] == [320, 640, 960, 1280]  # every 10 steps x 32 users
@@ -176,3 +178,16 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         save_checkpoint(path, {"format": "rlrec-1", "x": 2})
     assert load_checkpoint(path)["x"] == 1  # the old checkpoint survives a crash mid-write
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_default_training_beats_the_myopic_oracle(tmp_path):
+    """``python train.py`` with its defaults: progress bar, events, checkpoint, and DQN > myopic oracle."""
+    start = time.time()
+    proc = run("train.py", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert time.time() - start < 300
+    assert "step/s" in proc.stderr or "step/s" in proc.stdout  # tqdm's bar
+    assert (tmp_path / "checkpoint.pt").is_file() and list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    results = json.loads((tmp_path / "train_eval.json").read_text())
+    dqn, myopic = results["trained"]["return"], results["myopic_oracle"]["return"]
+    assert dqn["mean"] - dqn["ci95"] > myopic["mean"] + myopic["ci95"], results
