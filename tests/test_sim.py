@@ -232,3 +232,14 @@ def test_tiny_env_action_space_is_discrete():
     obs, _ = env.reset(seed=1)
     obs, reward, terminated, truncated, _ = env.step(np.int64(2))
     assert "satisfaction" in obs and isinstance(reward, float)
+
+
+def test_single_user_env_final_observation_lies_in_the_space():
+    import rlrec.sim.gym  # noqa: F401
+
+    env = gymnasium.make("rlrec/Shop-v0", n_items=20, horizon=3, leave_prob_unhappy=0.0, leave_prob_happy=0.0).unwrapped
+    obs, _ = env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        obs, _, terminated, _, _ = env.step(env.action_space.sample())
+    assert obs["step"] == 3 and env.observation_space.contains(obs)

@@ -46,7 +46,7 @@ def observation_space(cfg: EnvConfig) -> spaces.Dict:
         "user_features": spaces.MultiDiscrete([cfg.n_age_bands, cfg.n_genders, cfg.n_regions]),
         "history_items": spaces.MultiDiscrete([cfg.n_items + 1] * h),  # n_items pads
         "history_codes": spaces.MultiDiscrete([response.N_RESPONSE_CODES] * h),
-        "step": spaces.Discrete(cfg.horizon),
+        "step": spaces.Discrete(cfg.horizon + 1),  # horizon itself: the final observation of a full session
     }
     if cfg.observe_satisfaction:
         fields["satisfaction"] = spaces.Discrete(cfg.satisfaction_levels)
