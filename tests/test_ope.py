@@ -128,3 +128,28 @@ def test_bad_propensity_names_file_line_and_column(tmp_path, value, line):
 
     with pytest.raises(OBDFormatError, match=rf"men\.csv, line {line}.*'propensity_score'"):
         load_obd(_copy_sample(tmp_path, corrupt))
+
+
+# ----------------------------------------------------------------------------- click model metrics
+def test_auc_and_log_loss_match_their_definitions():
+    from rlrec.data.click_model import auc, log_loss
+
+    y = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
+    assert auc(torch.tensor([0.1, 0.2, 0.8, 0.9, 0.3]), y) == 1.0
+    assert auc(torch.tensor([0.9, 0.8, 0.1, 0.2, 0.7]), y) == 0.0
+    assert auc(torch.full((5,), 0.5), y) == 0.5  # ties count one half
+    # pairs (pos, neg): 0.4 beats 0.1 and 0.3, loses to 0.5; 0.6 beats all three -> 5/6
+    assert auc(torch.tensor([0.1, 0.5, 0.4, 0.6, 0.3]), y) == pytest.approx(5 / 6)
+    p = torch.tensor([0.2, 0.5, 0.9, 0.6, 0.1])
+    expected = -sum(math.log(1 - q) if t == 0 else math.log(q) for q, t in zip(p.tolist(), y.tolist())) / 5
+    assert log_loss(p, y) == pytest.approx(expected)
+
+
+def test_click_model_report_has_the_three_models():
+    from rlrec.data.click_model import fit_and_compare
+
+    report = fit_and_compare(load_obd(policy="random", campaign="men"))
+    assert set(report) == {"constant", "per_item", "click_model"}
+    assert report["constant"]["auc"] == 0.5 and report["constant"]["test_clicks"] > 0
+    for metrics in report.values():
+        assert 0 < metrics["log_loss"] < 0.1  # a 0.5% click rate: a constant model scores about 0.03
