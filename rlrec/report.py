@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | None = None, checkpoint: str | None = None, eval
 
     if env_cfg.slate_size == 1 and env_cfg.observe_satisfaction and env_cfg.preference_noise == 0 \
             and env_cfg.interest_drift == 0 and env_cfg.price_sensitivity_noise == 0:
-        report["oracle"] = _exact_values(shop, trained, cfg)
+        report["oracle"] = _exact_values(shop, trained)
 
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     (out / "eval.md").write_text(format_markdown(report))
@@ -77,22 +77,15 @@ def evaluate_run(run_dir: str | None = None, checkpoint: str | None = None, eval
     return report
 
 
-def _exact_values(shop: Shop, agent: Any, cfg: DictConfig) -> dict[str, float]:
-    from rlrec.sim.tabular import build_tabular_mdp, evaluate_policy, start_value, value_iteration
+def _exact_values(shop: Shop, agent: Any) -> dict[str, float]:
+    """V* and the exact value of ``agent``'s greedy policy: expected undiscounted session return."""
+    from rlrec.sim.tabular import (build_tabular_mdp, evaluate_policy, start_value, state_observations,
+                                   value_iteration)
 
     mdp = build_tabular_mdp(shop)
     gamma = 1.0
     _, v_star = value_iteration(mdp, gamma=gamma)
-    c = shop.cfg
-    index = torch.arange(mdp.n_states - 1)
-    segment = index // (c.horizon * c.satisfaction_levels)
-    obs = {"user_features": shop.users.segment_features()[segment].to(shop.device),
-           "step": (index % c.horizon).to(shop.device),
-           "satisfaction": ((index // c.horizon) % c.satisfaction_levels).to(shop.device),
-           "history_items": torch.full((index.numel(), c.history_len), c.n_items, device=shop.device),
-           "history_codes": torch.zeros(index.numel(), c.history_len, dtype=torch.long, device=shop.device)}
-    # The history is not part of the MDP state: the policy is read at an empty history.
-    actions = torch.cat([agent.act(obs).squeeze(1).cpu(), torch.zeros(1, dtype=torch.long)])
+    actions = torch.cat([agent.act(state_observations(shop)).squeeze(1).cpu(), torch.zeros(1, dtype=torch.long)])
     optimal = start_value(mdp, v_star)
     exact = start_value(mdp, evaluate_policy(mdp, actions, gamma=gamma))
     return {"v_star": optimal, "policy_value": exact, "gap": optimal - exact, "ratio": exact / optimal}

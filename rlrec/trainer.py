@@ -134,7 +134,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     if tcfg.env_steps < 1 or tcfg.log_every < 1 or tcfg.checkpoint_every < 0 or tcfg.eval_users < 1:
         raise ConfigError("trainer.env_steps, trainer.log_every and trainer.eval_users must be >= 1 and "
                           f"trainer.checkpoint_every >= 0 (got {OmegaConf.to_container(tcfg)}).")
-    env_cfg = env_config_from(cfg.env, seed=int(cfg.env.seed))
+    env_cfg = env_config_from(cfg.env)
     shop = Shop(env_cfg)
     shop.reset(seed=int(cfg.seed))
     agent = make_agent(cfg.agent, shop, int(cfg.seed))

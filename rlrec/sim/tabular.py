@@ -77,6 +77,23 @@ def tabular_state_index(obs: Observation, cfg: EnvConfig) -> torch.Tensor:
     return (segment * cfg.satisfaction_levels + obs["satisfaction"]) * cfg.horizon + obs["step"]
 
 
+def state_observations(shop: Shop) -> Observation:
+    """One observation per non-terminal state of ``shop``'s exact MDP, in state-index order.
+
+    The history is not part of the MDP state; it is left empty, so a policy that reads it
+    is judged at the start-of-session history.
+    """
+    cfg, dev = shop.cfg, shop.device
+    index = torch.arange(n_tabular_states(cfg) - 1, device=dev)
+    segment = index // (cfg.horizon * cfg.satisfaction_levels)
+    empty = torch.zeros(index.numel(), cfg.history_len, dtype=torch.long, device=dev)
+    return {"user_features": shop.users.segment_features().to(dev)[segment],
+            "step": index % cfg.horizon,
+            "satisfaction": (index // cfg.horizon) % cfg.satisfaction_levels,
+            "history_items": empty + cfg.n_items,
+            "history_codes": empty}
+
+
 def n_tabular_states(cfg: EnvConfig) -> int:
     """States of the enumerable shop ``cfg``, the terminal included."""
     return cfg.n_age_bands * cfg.n_genders * cfg.n_regions * cfg.satisfaction_levels * cfg.horizon + 1
