@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from rlrec.checkpoint import CheckpointError, load_checkpoint, move_to
 from rlrec.config import env_config_from
