@@ -18,29 +18,22 @@ import time
 
 import torch
 
-from rlrec.agents.baselines import BanditAgent, MyopicAgent, PopularAgent, RandomAgent
-from rlrec.agents.dqn import DQNAgent
-from rlrec.config import env_preset
+from omegaconf import OmegaConf
+
+from rlrec.agents.baselines import MyopicAgent
+from rlrec.config import BanditConfig, DQNConfig, MyopicConfig, PopularConfig, RandomConfig, env_preset
 from rlrec.evaluation import SessionStats, mean_ci, run_sessions
 from rlrec.sim.env import Shop
+from rlrec.trainer import make_agent as build_agent
 from rlrec.trainer import train_steps
 
-DQN_DEFAULTS = dict(gamma=0.95, lr=1e-3, batch_size=512, learning_starts=5000, exploration_steps=200_000,
-                    target_update_interval=250)
+AGENT_CONFIGS = {"random": RandomConfig, "popular": PopularConfig, "myopic_oracle": MyopicConfig,
+                 "bandit": BanditConfig, "dqn": DQNConfig}
+"""Each policy with the defaults of its ``conf/agent`` schema, as ``python train.py`` uses them."""
 
 
 def make_agent(name: str, shop: Shop, seed: int):
-    cfg = shop.cfg
-    if name == "random":
-        return RandomAgent(cfg.n_items, cfg.slate_size, seed=seed, device=cfg.device)
-    if name == "popular":
-        return PopularAgent(cfg.n_items, cfg.slate_size, seed=seed, device=cfg.device)
-    if name == "myopic_oracle":
-        return MyopicAgent(shop, seed=seed)
-    kwargs = dict(DQN_DEFAULTS, num_users=cfg.num_users, seed=seed, device=cfg.device)
-    if name == "bandit":
-        return BanditAgent(cfg, shop.catalog, **kwargs)
-    return DQNAgent(cfg, shop.catalog, **kwargs)
+    return build_agent(OmegaConf.structured(AGENT_CONFIGS[name]), shop, seed)
 
 
 def run(seeds: int, steps: int, train_users: int, eval_users: int, device: str,
