@@ -83,6 +83,9 @@ class EnvConfig:
     seed: int = 0  # seeds the catalog, the user model and the simulator's generator
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     check_actions: bool = True  # validate slates each step (one host sync); benchmarks may turn it off
+    # torch.compile the step's transition: ~1.6x faster at large B on CPU, ~4 s warm-up. Each
+    # new shape or shop recompiles, and torch falls back to eager after its recompile_limit (8).
+    compile: bool = False
 
 
 def _require(condition: bool, field_name: str, allowed: str, value: Any) -> None:

@@ -75,7 +75,7 @@ def make_baselines(names: Any, shop: Shop, seed: int) -> dict[str, Agent]:
 
 def env_fingerprint(env_cfg: Any) -> str:
     """A hash of the env fields that define the shop (not its batch size or device)."""
-    fields = {k: v for k, v in vars(env_cfg).items() if k not in ("num_users", "device", "check_actions")}
+    fields = {k: v for k, v in vars(env_cfg).items() if k not in ("num_users", "device", "check_actions", "compile")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -81,6 +81,9 @@ class Shop:
         self.n_items = cfg.n_items
         self.slate_size = cfg.slate_size
         self._slot_bias = response.position_bias(cfg.slate_size, cfg, self.device)
+        # Compiling fuses the ~80 small tensor ops of a step into a few loops (inductor); the
+        # eager function stays the reference, and tests hold the two to the same outcomes.
+        self._transition = torch.compile(transition, dynamic=False) if cfg.compile else transition
         self.state: ShopState = self._new_users(self.num_users)
 
     # ---------------------------------------------------------------- sessions
@@ -159,10 +162,23 @@ class Shop:
         slate = self._check_slate(slate)
         # One uniform per random decision: choice, purchase, rating, ignore penalty, leaving.
         uniforms = torch.rand(slate.shape[0], 5, generator=self.generator, device=self.device)
-        reached, reward, done, info = transition(self.cfg, self.catalog, self._slot_bias, self.state, slate, uniforms)
+        reached, reward, done, info = self._run_transition(slate, uniforms)
         self.state = self._replace_finished(reached, done)
         info["final_obs"] = self.observe(reached)
         return StepResult(self.observe(), reward, done, info)
+
+    def _run_transition(self, slate: torch.Tensor, uniforms: torch.Tensor) -> tuple:
+        args = (self.cfg, self.catalog, self._slot_bias, self.state, slate, uniforms)
+        if self._transition is transition:
+            return transition(*args)
+        try:
+            return self._transition(*args)
+        except Exception as err:  # torch.compile fails lazily, at the first call
+            if type(err).__module__.startswith("torch._"):
+                raise RuntimeError(f"env.compile=true, but torch.compile could not build the shop's step on "
+                                   f"{self.device} ({type(err).__name__}: {str(err).splitlines()[0]}). On CPU it "
+                                   f"needs a working C++ compiler; set env.compile=false to run eagerly.") from err
+            raise
 
     # ---------------------------------------------------------------- privileged views
     def expected_item_reward(self, items: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
@@ -249,8 +265,17 @@ def expected_reward(fit: torch.Tensor, items: torch.Tensor, price_sensitivity: t
 
 def sample_categorical(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """[B] index drawn from each row of ``probs`` [B, C] by inverting its CDF at ``uniform`` [B]."""
-    index = (uniform.unsqueeze(-1) >= probs.cumsum(-1)).sum(-1)
-    return index.clamp_max(probs.shape[-1] - 1)  # cumsum can end a hair below 1
+    if torch.compiler.is_compiling():
+        # The same running sum, unrolled over the C columns: inductor fuses it into one loop,
+        # whereas cumsum is an opaque kernel that splits the compiled step in two.
+        cdf = probs[..., 0]
+        index = (uniform >= cdf).long()
+        for column in range(1, probs.shape[-1]):
+            cdf = cdf + probs[..., column]
+            index = index + (uniform >= cdf).long()
+    else:
+        index = (uniform.unsqueeze(-1) >= probs.cumsum(-1)).sum(-1)
+    return index.clamp_max(probs.shape[-1] - 1)  # the CDF can end a hair below 1
 
 
 def random_slates(b: int, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
