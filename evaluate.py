@@ -1,26 +1,47 @@
-"""Evaluate a trained run against the baselines: ``python evaluate.py run_dir=<run>``.
+"""Evaluate policies: ``python evaluate.py run_dir=<run>`` (simulator) or ``python evaluate.py env=obd`` (logs).
 
-Writes eval.json, eval.md, learning_curve.png and policies.png into the run directory
-(or ``out_dir``). See rlrec/report.py.
+By default it replays a trained run and the baselines on the same simulated users
+(rlrec/report.py). ``env=obd`` trains nothing: it estimates each policy's click rate from
+the Open Bandit Dataset's logs with IPS, SNIPS, DM and DR (rlrec/logged_report.py).
+Both write eval.json, eval.md and policies.png (into the run directory or ``out_dir``).
 """
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlrec.cli import friendly_errors
+from rlrec.config import ConfigError, register_configs
+
+register_configs()  # the env presets extend the dataclass schemas registered here
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    from rlrec.report import evaluate_run, format_markdown
-
     with friendly_errors():
+        env = cfg.get("env")
+        if env is not None and env.get("logged_data") == "obd":
+            from rlrec.logged_report import evaluate_logs, format_markdown
+
+            if cfg.run_dir or cfg.checkpoint:
+                raise ConfigError("env=obd evaluates policies on logged data; a trained run's agent acts on the "
+                                  "simulated shop's items, not the dataset's, so run_dir/checkpoint cannot be "
+                                  "used with it yet. Drop run_dir/checkpoint, or drop env=obd.")
+            report = evaluate_logs(path=env.path, campaign=env.campaign, n_boot=cfg.ope.n_boot, seed=cfg.ope.seed,
+                                   out_dir=cfg.out_dir or HydraConfig.get().runtime.output_dir)
+            print(format_markdown(report))
+            return float(report["policies"]["click-model greedy"]["ips"]["value"])
+        if env is not None:
+            raise ConfigError("evaluate.py takes env=obd (policies on logged data) or no env at all: a trained "
+                              "run is evaluated in the shop it was trained on (its checkpoint holds the env config).")
+        from rlrec.report import evaluate_run, format_markdown
+
         report = evaluate_run(run_dir=cfg.run_dir, checkpoint=cfg.checkpoint, eval_users=cfg.eval_users,
                               eval_seed=cfg.eval_seed, out_dir=cfg.out_dir, device=cfg.device,
                               baselines=tuple(cfg.baselines))
-    print(format_markdown(report))
-    first = next(iter(report["policies"].values()))
-    return float(first["return"]["mean"])
+        print(format_markdown(report))
+        first = next(iter(report["policies"].values()))
+        return float(first["return"]["mean"])
 
 
 if __name__ == "__main__":

@@ -141,6 +141,10 @@ def env_config_from(cfg: Any = None, **overrides: Any) -> EnvConfig:
             items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
             values = {str(k): v for k, v in items if k != "_target_"}
     values.update(overrides)
+    if "logged_data" in values:
+        raise ConfigError(f"env={values['logged_data']} describes logged data, not a shop: use it with "
+                          f"`python evaluate.py env={values['logged_data']}`. Training on a shop fitted to the "
+                          "logs is not supported yet; train on env=default, env=tiny or env=large.")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown env field(s) {unknown}; valid fields are: {sorted(known)}.")

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+ESTIMATORS = ("ips", "snips", "dm", "dr")
+
+
 @dataclass
 class Estimate:
     estimator: str
@@ -42,6 +45,13 @@ def _bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
     return torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
 
 
+def bootstrap_mean(values: torch.Tensor, name: str = "mean", n_boot: int = 500, seed: int = 0) -> Estimate:
+    """The mean of ``values`` [n] with its bootstrap 95% interval (e.g. an on-policy click rate)."""
+    values = values.double()
+    idx = _bootstrap_indices(values.numel(), n_boot, seed)
+    return Estimate(name, float(values.mean()), *_interval(values[idx].mean(1)))
+
+
 def off_policy_estimates(click: torch.Tensor, action: torch.Tensor, propensity: torch.Tensor,
                          eval_probs: torch.Tensor, reward_model: torch.Tensor | None = None,
                          n_boot: int = 500, seed: int = 0) -> dict[str, Estimate]:
@@ -60,7 +70,7 @@ def off_policy_estimates(click: torch.Tensor, action: torch.Tensor, propensity: 
     weight = pi_logged / propensity.double()
     idx = _bootstrap_indices(click.numel(), n_boot, seed)
 
-    def mean_of(contrib: torch.Tensor, name: str) -> Estimate:
+    def mean_of(contrib: torch.Tensor, name: str) -> Estimate:  # same resamples for every estimator
         return Estimate(name, float(contrib.mean()), *_interval(contrib[idx].mean(1)))
 
     out = {"ips": mean_of(weight * click, "ips")}

@@ -43,12 +43,29 @@ def test_agents_follow_the_protocol(small_shop):
         slate = agent.act(obs, explore=True)
         assert slate.shape == (cfg.num_users, cfg.slate_size) and slate.dtype == torch.long
         assert bool((slate.sort(1).values.diff(1) > 0).all()), "slates hold distinct items"
+        probs = agent.action_probs(obs)
+        assert probs.shape == (cfg.num_users, cfg.n_items) and probs.dtype == torch.float64
+        torch.testing.assert_close(probs.sum(1), torch.ones(cfg.num_users, dtype=torch.float64))
+        if not isinstance(agent, RandomAgent):  # deterministic greedy policies: all mass on slot 0's item
+            assert torch.equal(probs.argmax(1), agent.act(obs)[:, 0]) and bool((probs.max(1).values == 1).all())
         result = small_shop.step(slate)
         agent.observe(make_transition(obs, slate, result))
         agent.observe(make_transition(obs, slate, result))
         assert isinstance(agent.update(), dict)
         agent.load_state_dict(agent.state_dict())
         obs = result.obs
+
+
+def test_tabular_action_probs_of_q_star_have_the_optimal_value(oracle):
+    """action_probs is the policy: loaded with Q*, the exact MDP values its probabilities at V*."""
+    shop, mdp, q, v = oracle
+    agent = TabularQAgent(shop.cfg)
+    agent.q.copy_(q.to(agent.q.dtype))
+    probs = agent.action_probs(state_observations(shop))
+    terminal_row = torch.nn.functional.one_hot(torch.zeros(1, dtype=torch.long), mdp.n_actions).double()
+    value = start_value(mdp, evaluate_policy(mdp, torch.cat([probs, terminal_row])))
+    assert value == pytest.approx(start_value(mdp, v), abs=1e-9)
+    assert value > 1.2 * start_value(mdp, evaluate_policy(mdp, torch.full_like(q, 1 / mdp.n_actions)))
 
 
 def test_one_hot_dqn_with_sgd_is_tabular_q_learning(oracle):

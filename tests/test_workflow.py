@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rlrec.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rlrec.data.obd import load_obd
 from rlrec.report import evaluate_run, read_scalars
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +147,35 @@ def test_bad_overrides_give_one_clear_error(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in output, output
     assert "Traceback" not in output, output
+
+
+def test_training_on_logged_data_is_refused_clearly(tmp_path):
+    proc = run("train.py", "env=obd", f"hydra.run.dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: env=obd describes logged data, not a shop" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_on_logged_data(tmp_path):
+    """``python evaluate.py env=obd``: every policy, every estimator, an interval around each value."""
+    proc = run("evaluate.py", "env=obd", "env.campaign=women", "ope.n_boot=200", f"hydra.run.dir={tmp_path}",
+               cwd=tmp_path)
+    assert "| uniform random |" in proc.stdout and "| click-model greedy |" in proc.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert (tmp_path / "eval.md").is_file() and (tmp_path / "policies.png").stat().st_size > 1000
+    logs = report["evaluation_logs"]
+    assert logs["rows"] == 10_000 and logs["clicks"] > 0
+    policies = report["policies"]
+    assert set(policies) == {"uniform random", "popular (BTS clicks)", "click-model greedy", "BTS behaviour"}
+    for label in ("uniform random", "popular (BTS clicks)", "click-model greedy"):
+        assert set(policies[label]) == {"ips", "snips", "dm", "dr"}
+        for e in policies[label].values():
+            assert e["ci_low"] <= e["value"] <= e["ci_high"], (label, e)
+    # The random logs were logged by the uniform policy: its IPS is their click rate, exactly.
+    assert policies["uniform random"]["ips"]["value"] == pytest.approx(logs["click_rate"], abs=1e-12)
+    assert policies["BTS behaviour"]["on_policy"]["value"] == pytest.approx(
+        float(load_obd(policy="bts", campaign="women", with_affinity=False).click.double().mean()), abs=1e-12)
+    proc = run("evaluate.py", "env=obd", "run_dir=somewhere", f"hydra.run.dir={tmp_path}/h", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Drop run_dir/checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):

@@ -34,6 +34,10 @@ class Agent(Protocol):
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         """A slate [B, K] of item ids for each user; ``explore`` turns on exploration."""
 
+    def action_probs(self, obs: Observation) -> torch.Tensor:
+        """[B, N] float64: the probability that the greedy policy (``explore=False``) puts each item
+        in the slate's first slot. Off-policy evaluation on one-item logs reads these."""
+
     def observe(self, transition: Transition) -> None:
         """Take in one environment step (store it, count it...)."""
 
@@ -45,6 +49,16 @@ class Agent(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
+
+
+def one_hot_probs(items: torch.Tensor, n_items: int) -> torch.Tensor:
+    """[B, N] float64 distributions putting all mass on ``items`` [B] (a deterministic policy)."""
+    return torch.nn.functional.one_hot(items, n_items).double()
+
+
+def batch_size(obs: Observation) -> int:
+    """Rows in an observation: simulator observations and logged contexts both carry ``user_features``."""
+    return obs["user_features"].shape[0]
 
 
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:

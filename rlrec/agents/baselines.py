@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlrec.agents.base import Transition, explore_rows
+from rlrec.agents.base import Transition, batch_size, explore_rows, one_hot_probs
 from rlrec.agents.dqn import DQNAgent
 from rlrec.sim.env import Observation, Shop, random_slates
 from rlrec.sim.privileged import myopic_slate
@@ -46,7 +46,11 @@ class RandomAgent(_Stateless):
         self.generator = make_generator(seed, resolve_device(device))
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        return random_slates(obs["step"].shape[0], self.n_items, self.slate_size, self.generator)
+        return random_slates(batch_size(obs), self.n_items, self.slate_size, self.generator)
+
+    def action_probs(self, obs: Observation) -> torch.Tensor:
+        return torch.full((batch_size(obs), self.n_items), 1.0 / self.n_items, dtype=torch.float64,
+                          device=self.generator.device)
 
 
 class PopularAgent:
@@ -62,12 +66,15 @@ class PopularAgent:
         self.purchases = tie_break
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        b = obs["step"].shape[0]
+        b = batch_size(obs)
         top = self.purchases.topk(self.slate_size).indices.expand(b, -1)
         if not explore:
             return top
         return explore_rows(top, random_slates(b, self.n_items, self.slate_size, self.generator), self.epsilon,
                             self.generator)
+
+    def action_probs(self, obs: Observation) -> torch.Tensor:
+        return one_hot_probs(self.purchases.argmax().expand(batch_size(obs)), self.n_items)
 
     def observe(self, transition: Transition) -> None:
         self.purchases.index_add_(0, transition["action"], transition["purchase"].to(self.purchases.dtype))
@@ -96,6 +103,9 @@ class MyopicAgent(_Stateless):
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         return myopic_slate(self.shop)
+
+    def action_probs(self, obs: Observation) -> torch.Tensor:
+        return one_hot_probs(myopic_slate(self.shop)[:, 0], self.shop.n_items)
 
 
 class BanditAgent(DQNAgent):

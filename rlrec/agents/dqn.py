@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlrec.agents.base import Transition, explore_rows, linear_schedule
+from rlrec.agents.base import Transition, explore_rows, linear_schedule, one_hot_probs
 from rlrec.config import ConfigError, EnvConfig
 from rlrec.nets import QNetwork
 from rlrec.replay import Batch, ReplayBuffer
@@ -95,6 +95,10 @@ class DQNAgent:
             return greedy
         random = random_slates(greedy.shape[0], self.env_cfg.n_items, k, self.generator)
         return explore_rows(greedy, random, self.epsilon, self.generator)
+
+    @torch.no_grad()
+    def action_probs(self, obs: Observation) -> torch.Tensor:
+        return one_hot_probs(self.q(obs).argmax(dim=1), self.env_cfg.n_items)
 
     # ------------------------------------------------------------------ learning
     def observe(self, transition: Transition) -> None:
