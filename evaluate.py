@@ -20,17 +20,14 @@ register_configs()  # the env presets extend the dataclass schemas registered he
 def main(cfg: DictConfig) -> float:
     with friendly_errors():
         env = cfg.get("env")
-        if env is not None and env.get("logged_data") == "obd":
+        if env is not None and env.get("logs") == "obd":
             from rlrec.logged_report import evaluate_logs, format_markdown
 
-            if cfg.run_dir or cfg.checkpoint:
-                raise ConfigError("env=obd evaluates policies on logged data; a trained run's agent acts on the "
-                                  "simulated shop's items, not the dataset's, so run_dir/checkpoint cannot be "
-                                  "used with it yet. Drop run_dir/checkpoint, or drop env=obd.")
-            report = evaluate_logs(path=env.path, campaign=env.campaign, n_boot=cfg.ope.n_boot, seed=cfg.ope.seed,
-                                   out_dir=cfg.out_dir or HydraConfig.get().runtime.output_dir)
+            report = evaluate_logs(path=env.logs_path, campaign=env.logs_campaign, n_boot=cfg.ope.n_boot,
+                                   seed=cfg.ope.seed, out_dir=cfg.out_dir or HydraConfig.get().runtime.output_dir,
+                                   run_dir=cfg.run_dir, checkpoint=cfg.checkpoint, device=cfg.device)
             print(format_markdown(report))
-            return float(report["policies"]["click-model greedy"]["ips"]["value"])
+            return float(next(iter(report["policies"].values()))["ips"]["value"])
         if env is not None:
             raise ConfigError("evaluate.py takes env=obd (policies on logged data) or no env at all: a trained "
                               "run is evaluated in the shop it was trained on (its checkpoint holds the env config).")

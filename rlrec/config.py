@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Optional
 
 
 class ConfigError(ValueError):
@@ -27,6 +27,14 @@ class EnvConfig:
     how they were chosen. ``conf/env/tiny.yaml`` overrides them into a shop small enough
     to enumerate as an exact MDP.
     """
+
+    # --- fitted to logs ------------------------------------------------------------
+    # "obd": catalog, users and click model come from the Open Bandit Dataset's logs (see
+    # rlrec/sim/fitted.py); the data then sets n_items, the categories, the user feature
+    # sizes and the click utilities. "": a synthetic shop from the fields below.
+    logs: str = ""
+    logs_path: Optional[str] = None  # root of the dataset; None: the sample shipped with rlrec
+    logs_campaign: str = "men"  # men, women, or all (full release)
 
     # --- catalog -------------------------------------------------------------------
     n_items: int = 1000  # N, catalog size
@@ -123,6 +131,11 @@ def validate_env_config(cfg: Any) -> None:
              thresholds)
     _require(1 <= cfg.bad_rating < cfg.good_rating <= 5, "good_rating",
              f"in {cfg.bad_rating + 1}..5 with 1 <= bad_rating < good_rating", cfg.good_rating)
+    _require(cfg.logs in ("", "obd"), "logs", "'' (a synthetic shop) or 'obd' (fitted to the Open Bandit Dataset)",
+             cfg.logs)
+    if cfg.logs == "obd":
+        _require(cfg.slate_size <= 3, "slate_size", "at most 3 with logs=obd (the logs have three positions)",
+                 cfg.slate_size)
     _require(isinstance(cfg.device, str) and cfg.device != "", "device",
              "'auto', 'cpu', 'cuda' or 'cuda:<index>'", cfg.device)
 
@@ -141,10 +154,6 @@ def env_config_from(cfg: Any = None, **overrides: Any) -> EnvConfig:
             items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
             values = {str(k): v for k, v in items if k != "_target_"}
     values.update(overrides)
-    if "logged_data" in values:
-        raise ConfigError(f"env={values['logged_data']} describes logged data, not a shop: use it with "
-                          f"`python evaluate.py env={values['logged_data']}`. Training on a shop fitted to the "
-                          "logs is not supported yet; train on env=default, env=tiny or env=large.")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown env field(s) {unknown}; valid fields are: {sorted(known)}.")

@@ -14,7 +14,10 @@ Policies give their item probabilities through ``action_probs``, as agents do:
   policy learnt from logs; its DM value is optimistic by construction, IPS is the fair
   one);
 - the BTS behaviour: its probabilities are logged only for the items it showed, so its
-  value is measured on-policy, from its own logs (estimator ``on_policy``).
+  value is measured on-policy, from its own logs (estimator ``on_policy``);
+- with ``run_dir``/``checkpoint``, the trained agent of a run on the fitted shop
+  (``python train.py env=obd``): each logged impression is the first step of a session of
+  a user with the logged features, and the agent's ``action_probs`` give its first slot.
 
 Writes ``eval.json``, ``eval.md`` and ``policies.png`` like the simulated evaluation.
 """
@@ -28,14 +31,20 @@ from typing import Any
 import torch
 
 from rlrec.agents.baselines import PopularAgent, RandomAgent
+from rlrec.config import ConfigError
 from rlrec.data.click_model import ClickModelPolicy, fit_click_model, pool_logs
 from rlrec.data.obd import load_obd
 from rlrec.ope import ESTIMATORS, bootstrap_mean, off_policy_estimates
+from rlrec.report import load_trained, resolve_checkpoint
+from rlrec.sim.env import Shop
+from rlrec.sim.fitted import obd_logs
 
 
 def evaluate_logs(path: str | None = None, campaign: str = "men", n_boot: int = 1000, seed: int = 0,
-                  out_dir: str | Path = ".") -> dict[str, Any]:
+                  out_dir: str | Path = ".", run_dir: str | None = None, checkpoint: str | None = None,
+                  device: str | None = None) -> dict[str, Any]:
     """Estimate the click rate of each policy on the random logs of ``campaign``; write the report."""
+    trained = _load_trained(run_dir, checkpoint, device, path, campaign) if (run_dir or checkpoint) else None
     random_logs = load_obd(path, policy="random", campaign=campaign)
     bts_logs = load_obd(path, policy="bts", campaign=campaign)
     pooled = pool_logs(random_logs, bts_logs)  # one user-feature vocabulary for both logs
@@ -51,11 +60,15 @@ def evaluate_logs(path: str | None = None, campaign: str = "men", n_boot: int = 
     popular.observe({"action": bts_logs.action, "purchase": bts_logs.click})  # clicks stand in for purchases
     policies = {"uniform random": RandomAgent(n_items, 1, device="cpu", seed=seed), "popular (BTS clicks)": popular,
                 "click-model greedy": ClickModelPolicy(model)}
+    probs = {label: policy.action_probs(contexts) for label, policy in policies.items()}
+    if trained is not None:
+        label, agent, shop = trained
+        shop_users = obd_logs(shop.cfg).user_features[evaluation_rows]  # the same pooled codes the shop observes
+        probs = {label: agent.action_probs(shop.first_observation(shop_users)).cpu(), **probs}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for label, policy in policies.items():
+    for label, policy_probs in probs.items():
         estimates = off_policy_estimates(random_logs.click, random_logs.action, random_logs.propensity,
-                                         policy.action_probs(contexts), reward_model=reward_model,
-                                         n_boot=n_boot, seed=seed)
+                                         policy_probs, reward_model=reward_model, n_boot=n_boot, seed=seed)
         results[label] = {name: e.as_dict() for name, e in estimates.items()}
     results["BTS behaviour"] = {"on_policy": bootstrap_mean(bts_logs.click, "on_policy", n_boot, seed).as_dict()}
 
@@ -72,6 +85,20 @@ def evaluate_logs(path: str | None = None, campaign: str = "men", n_boot: int = 
     (out / "eval.md").write_text(format_markdown(report))
     _plot(report, out / "policies.png")
     return report
+
+
+def _load_trained(run_dir: str | None, checkpoint: str | None, device: str | None, path: str | None,
+                  campaign: str) -> tuple[str, Any, Shop]:
+    """(label, agent, shop) of a run trained on the shop fitted to these logs; a clear error otherwise."""
+    _, _, shop, agent, label = load_trained(resolve_checkpoint(run_dir, checkpoint), num_users=1,
+                                            **({"device": device} if device else {}))
+    env_cfg = shop.cfg
+    if env_cfg.logs != "obd" or env_cfg.logs_campaign != campaign or (env_cfg.logs_path or None) != (path or None):
+        raise ConfigError(f"the run was trained on env logs={env_cfg.logs!r}, campaign {env_cfg.logs_campaign!r}, "
+                          f"path {env_cfg.logs_path!r}; evaluating it on the {campaign!r} logs at {path!r} needs a "
+                          "run trained on the shop fitted to them: python train.py env=obd "
+                          f"env.logs_campaign={campaign}" + (f" env.logs_path={path}" if path else "") + ".")
+    return label, agent, shop
 
 
 def format_markdown(report: dict[str, Any]) -> str:

@@ -43,20 +43,12 @@ def evaluate_run(run_dir: str | None = None, checkpoint: str | None = None, eval
                  baselines: tuple[str, ...] = ("random", "myopic_oracle")) -> dict[str, Any]:
     """Evaluate the trained policy of a run and the baselines; write the report files; return the report."""
     path = resolve_checkpoint(run_dir, checkpoint)
-    saved = load_checkpoint(path)
-    cfg = OmegaConf.create(saved["config"])
     overrides = {"num_users": eval_users} | ({"device": device} if device else {})
-    env_cfg = env_config_from(cfg.env, **overrides)
-    if env_fingerprint(env_cfg) != saved["env_fingerprint"]:
-        raise CheckpointError(f"checkpoint {path} does not match its own env config; it was edited or damaged.")
+    saved, cfg, shop, trained, label = load_trained(path, **overrides)
+    env_cfg = shop.cfg
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
-
-    shop = Shop(env_cfg)
-    trained = make_agent(cfg.agent, shop, int(cfg.seed))
-    trained.load_state_dict(move_to(saved["agent"], shop.device))
-    name = str(cfg.agent._target_).rsplit(".", 1)[-1]
-    policies = {f"trained ({name})": trained}
+    policies = {label: trained}
     policies.update(make_baselines(baselines, shop, int(cfg.seed)))
 
     report: dict[str, Any] = {"checkpoint": str(path), "env_steps": int(saved["env_step"]), "eval_users": eval_users,
@@ -75,6 +67,23 @@ def evaluate_run(run_dir: str | None = None, checkpoint: str | None = None, eval
     if curve:
         _plot_curve(curve, out / "learning_curve.png")
     return report
+
+
+def load_trained(path: Path, **env_overrides: Any) -> tuple[dict, Any, Shop, Any, str]:
+    """(checkpoint, run config, shop, trained agent, label) of the run saved at ``path``.
+
+    ``env_overrides`` change runtime fields only (``num_users``, ``device``): the shop is the
+    one the agent was trained in, which the checkpoint's fingerprint checks.
+    """
+    saved = load_checkpoint(path)
+    cfg = OmegaConf.create(saved["config"])
+    env_cfg = env_config_from(cfg.env, **env_overrides)
+    if env_fingerprint(env_cfg) != saved["env_fingerprint"]:
+        raise CheckpointError(f"checkpoint {path} does not match its own env config; it was edited or damaged.")
+    shop = Shop(env_cfg)
+    agent = make_agent(cfg.agent, shop, int(cfg.seed))
+    agent.load_state_dict(move_to(saved["agent"], shop.device))
+    return saved, cfg, shop, agent, f"trained ({str(cfg.agent._target_).rsplit('.', 1)[-1]})"
 
 
 def _exact_values(shop: Shop, agent: Any) -> dict[str, float]:

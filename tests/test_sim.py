@@ -293,3 +293,56 @@ def test_single_user_env_final_observation_lies_in_the_space():
     while not terminated:
         obs, _, terminated, _, _ = env.step(env.action_space.sample())
     assert obs["step"] == 3 and env.observation_space.contains(obs)
+
+
+# ----------------------------------------------------------------------------- the shop fitted to logs
+@pytest.fixture(scope="module")
+def obd_shop():
+    return Shop(env_preset("obd", device="cpu", num_users=4096, slate_size=1))
+
+
+def test_fitted_shop_takes_catalog_and_users_from_the_logs(obd_shop):
+    from rlrec.sim.fitted import obd_logs
+
+    logs = obd_logs(obd_shop.cfg)
+    assert obd_shop.n_items == obd_shop.cfg.n_items == logs.n_items == 34  # the men campaign's items
+    assert obd_shop.users.feature_sizes == tuple(int(logs.user_features[:, i].max()) + 1 for i in range(3))
+    assert torch.equal(obd_shop.catalog.category, logs.item_categories[:, 0])
+    # price follows the logged item_feature_0 (same order)
+    assert torch.equal(obd_shop.catalog.price.argsort(), logs.item_price.argsort())
+    # new users arrive with the logs' joint feature frequencies
+    features = torch.cat([obd_shop.reset(seed=s)["user_features"] for s in range(10)])
+    seen = obd_shop.users.segment_index(features)
+    logged = obd_shop.users.segment_index(logs.user_features)
+    n_seg = obd_shop.users.n_segments
+    freq = torch.bincount(seen, minlength=n_seg).double() / seen.numel()
+    target = torch.bincount(logged, minlength=n_seg).double() / logged.numel()
+    assert float((freq - target).abs().max()) < 0.01 and float(freq[target == 0].sum()) == 0
+
+
+def test_fitted_shop_clicks_with_the_fitted_model(obd_shop):
+    """A lone item is clicked with exactly the click model's probability, and the simulator samples it."""
+    from rlrec.sim.fitted import _fit_obd
+
+    _, model = _fit_obd(None, "men", obd_shop.cfg.seed)
+    cfg, cat = obd_shop.cfg, obd_shop.catalog
+    items = torch.arange(obd_shop.n_items)
+    utilities = response.click_utilities(torch.zeros(len(items), 1), cat.hype[items].unsqueeze(1),
+                                         obd_shop._slot_bias, cfg)
+    shop_prob = response.click_probs(utilities, cfg)[:, 1].double()
+    fitted = torch.sigmoid(model.logits(torch.zeros(len(items), 0, dtype=torch.long), items,
+                                        torch.zeros(len(items), dtype=torch.long)))
+    torch.testing.assert_close(shop_prob, fitted, rtol=1e-5, atol=1e-7)
+    clicks, shows = torch.zeros(obd_shop.n_items), torch.zeros(obd_shop.n_items)
+    for _ in range(150):
+        slate = obd_shop.random_slate()
+        result = obd_shop.step(slate)
+        shows += torch.bincount(slate[:, 0], minlength=obd_shop.n_items)
+        clicks += torch.bincount(slate[:, 0], weights=result.info["click"].float(), minlength=obd_shop.n_items)
+    expected = float((shop_prob * shows.double()).sum())
+    assert abs(float(clicks.sum()) - expected) < 4 * expected**0.5  # Poisson-scale error
+
+
+def test_fitted_shop_refuses_more_slots_than_the_logs_have():
+    with pytest.raises(ConfigError, match="slate_size = 5 is invalid: it must be at most 3 with logs=obd"):
+        env_preset("obd", slate_size=5)

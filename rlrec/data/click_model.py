@@ -63,9 +63,10 @@ class ClickModel(nn.Module):
 
     def penalty(self, l2: float, user_l2_scale: float) -> torch.Tensor:
         """The negative log prior (up to a constant)."""
-        user = sum((effect ** 2).sum() for effect in self.user)
         effects = (self.item ** 2).sum() + (self.position ** 2).sum() + (self.affinity_weight ** 2).sum()
-        return l2 * (effects + user_l2_scale * user)
+        if len(self.user):
+            effects = effects + user_l2_scale * sum((effect ** 2).sum() for effect in self.user)
+        return l2 * effects
 
 
 def shown_affinity(data: LoggedData) -> torch.Tensor | None:
@@ -139,6 +140,8 @@ def _folds(rows: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
 
 def _fit(data: LoggedData, rows: torch.Tensor, l2: float, user_l2_scale: float) -> ClickModel:
     cards = [int(data.user_features[:, i].max()) + 1 for i in range(data.user_features.shape[1])]
+    if math.isinf(user_l2_scale):  # an infinitely strong prior: no user effects at all
+        cards = []
     target = data.click[rows].double()
     rate = float(target.mean().clamp(1e-4, 1 - 1e-4))
     model = ClickModel(data.n_items, cards, base_rate=rate)
@@ -173,7 +176,8 @@ def fit_click_model(data: LoggedData, rows: torch.Tensor | None = None, l2: floa
     Args:
         l2: prior strength (sum-of-squares penalty per unit of log-likelihood summed over rows);
             ``None`` picks it from ``L2_GRID`` by ``folds``-fold cross-validation on ``rows``.
-        user_l2_scale: how much stronger the prior on the user-feature effects is.
+        user_l2_scale: how much stronger the prior on the user-feature effects is (``math.inf``:
+            leave the user features out).
     """
     rows = torch.arange(len(data)) if rows is None else rows
     if l2 is None:

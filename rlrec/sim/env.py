@@ -74,13 +74,21 @@ class Shop:
         # The catalog and user model come from a CPU generator so that one seed means one
         # shop on every device; the simulation's own generator lives on the device.
         world = make_generator(2 * cfg.seed, torch.device("cpu"))
-        self.catalog: Catalog = make_catalog(cfg, world).to(self.device)
-        self.users: UserModel = make_user_model(cfg, world).to(self.device)
+        if cfg.logs == "obd":  # catalog, users and click utilities fitted to logged data
+            from rlrec.sim.fitted import obd_world
+
+            cfg, catalog, users, slot_bias = obd_world(cfg, world)
+            self.cfg = cfg
+        else:
+            catalog, users = make_catalog(cfg, world), make_user_model(cfg, world)
+            slot_bias = response.position_bias(cfg.slate_size, cfg)
+        self.catalog: Catalog = catalog.to(self.device)
+        self.users: UserModel = users.to(self.device)
+        self._slot_bias = slot_bias.to(self.device)
         self.generator = make_generator(2 * cfg.seed + 1, self.device)
         self.num_users = cfg.num_users
         self.n_items = cfg.n_items
         self.slate_size = cfg.slate_size
-        self._slot_bias = response.position_bias(cfg.slate_size, cfg, self.device)
         # Compiling fuses the ~80 small tensor ops of a step into a few loops (inductor); the
         # eager function stays the reference, and tests hold the two to the same outcomes.
         self._transition = torch.compile(transition, dynamic=False) if cfg.compile else transition
@@ -121,6 +129,15 @@ class Shop:
             self.generator.manual_seed(int(seed))
         self.state = self._new_users(self.num_users)
         return self.observe()
+
+    def first_observation(self, user_features: torch.Tensor) -> Observation:
+        """The observation of fresh sessions of users with ``user_features`` [n, 3] (e.g. logged users).
+
+        Draws the users' hidden traits from the shop's generator; the observation does not show them.
+        """
+        state = self._new_users(user_features.shape[0])
+        state.user_features = user_features.to(self.device)
+        return self.observe(state)
 
     def observe(self, state: ShopState | None = None) -> Observation:
         """The agent's view of ``state`` (default: the current one). Hidden traits are left out."""

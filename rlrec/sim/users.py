@@ -30,6 +30,8 @@ class UserModel:
     age_price_sensitivity: torch.Tensor  # [A]
     preference_noise: float
     price_sensitivity_noise: float
+    # [n_segments] how often each feature combination arrives (segment_index order); None: uniform
+    segment_probs: torch.Tensor | None = None
 
     @property
     def n_segments(self) -> int:
@@ -37,12 +39,17 @@ class UserModel:
         return a * g * r
 
     def to(self, device: torch.device) -> "UserModel":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}  # None stays
         return UserModel(**moved)
 
     def sample_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """[n, 3] long: uniform age band, gender and region."""
+        """[n, 3] long: uniform age band, gender and region, or segments drawn from ``segment_probs``."""
         device = self.age_effect.device
+        if self.segment_probs is not None:
+            from rlrec.sim.env import sample_categorical
+
+            segment = sample_categorical(self.segment_probs.expand(n, -1), torch.rand(n, generator=generator, device=device))
+            return self.segment_features()[segment]
         sizes = torch.tensor(self.feature_sizes, device=device, dtype=torch.float32)
         return (torch.rand(n, 3, generator=generator, device=device) * sizes).long()
 
