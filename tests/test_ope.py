@@ -130,6 +130,29 @@ def test_bad_propensity_names_file_line_and_column(tmp_path, value, line):
         load_obd(_copy_sample(tmp_path, corrupt))
 
 
+def test_empty_cell_names_file_line_and_column(tmp_path):
+    def empty_click(lines):
+        header = lines[0].split(",")
+        cells = lines[5000].split(",")  # line 5001 of the file, past the first parsed blocks
+        cells[header.index("click")] = ""
+        lines[5000] = ",".join(cells)
+        return lines
+
+    with pytest.raises(OBDFormatError, match=r"men\.csv, line 5001, column 'click': empty"):
+        load_obd(_copy_sample(tmp_path, empty_click), block_size=1 << 16)
+
+
+@pytest.mark.parametrize("block_size", [1 << 14, 1 << 20])
+def test_small_blocks_and_a_missing_final_newline_load_the_same_rows(tmp_path, block_size):
+    """Outputs are preallocated from a line count; a file without a final newline must not lose its last row."""
+    reference = load_obd(policy="random", campaign="men")
+    path = _copy_sample(tmp_path, lambda lines: lines) / "random" / "men" / "men.csv"
+    path.write_text(path.read_text().rstrip("\n"))
+    data = load_obd(tmp_path, block_size=block_size)
+    for name in ("action", "position", "click", "propensity", "user_features", "affinity"):
+        assert torch.equal(getattr(data, name), getattr(reference, name)), name
+
+
 # ----------------------------------------------------------------------------- click model metrics
 def test_auc_and_log_loss_match_their_definitions():
     from rlrec.data.click_model import auc, log_loss

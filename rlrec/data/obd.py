@@ -8,7 +8,8 @@ Layout of the release and of the sample shipped in ``rlrec/data/obd_sample/``::
 ``load_obd(path=None, policy="random", campaign="men")`` reads the shipped sample (a
 10,000-impression file per policy and campaign) or, with ``path``, a copy of the full
 release (about 26 million impressions). The file is streamed in blocks by Arrow's CSV
-reader, so memory holds the compact result plus one block, never the text.
+reader into outputs allocated once (after counting the lines), so memory holds the
+compact result plus a few blocks, never the text.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _valid_propensity(value) -> bool:
 
 
 def load_obd(path: str | Path | None = None, policy: str = "random", campaign: str = "men",
-             with_affinity: bool = True, block_size: int = 1 << 24) -> LoggedData:
+             with_affinity: bool = True, block_size: int = 1 << 20) -> LoggedData:
     """Load one policy/campaign of the Open Bandit Dataset.
 
     Args:
@@ -133,13 +134,20 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
             raise OBDFormatError(f"{log_path} has no column {column!r} (its header has {len(header)} columns).")
     try:
         reader = pacsv.open_csv(pa.input_stream(str(log_path), compression="detect"),
-                                read_options=pacsv.ReadOptions(block_size=block_size), convert_options=convert)
+                                read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False), convert_options=convert)
     except pa.ArrowInvalid as err:
         raise _explain(log_path, err, header) from err
 
+    # Outputs are allocated once, for an upper bound on the row count, and filled block by
+    # block: peak memory is the result plus Arrow's few blocks of read-ahead, never the text
+    # or a second copy of the result.
+    capacity = _count_data_lines(log_path)
+    out = {"action": np.empty(capacity, np.int64), "position": np.empty(capacity, np.int64),
+           "click": np.empty(capacity, np.float32), "propensity": np.empty(capacity, np.float64),
+           "users": np.empty((capacity, len(USER_COLUMNS)), np.int64)}
+    if with_affinity:
+        out["affinity"] = np.zeros((capacity, n_items), np.float16)
     vocab: list[dict[str, int]] = [{} for _ in USER_COLUMNS]
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("action", "position", "click", "propensity", "users",
-                                                           "affinity")}
     rows_before = 0
     while True:
         try:
@@ -148,46 +156,57 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
             break
         except pa.ArrowInvalid as err:
             raise _explain(log_path, err, header) from err
+        rows = slice(rows_before, rows_before + batch.num_rows)
+        for column in numeric:
+            if batch.column(column).null_count:
+                row = int(np.argmax(batch.column(column).is_null().to_numpy(zero_copy_only=False)))
+                raise OBDFormatError(f"{log_path}, line {rows_before + row + 2}, column {column!r}: empty.")
         propensity = batch.column("propensity_score").to_numpy(zero_copy_only=False)
         bad = ~((propensity > 0) & (propensity <= 1))  # NaN (an empty cell) is bad too
         if bad.any():
             row = int(np.argmax(bad))
             raise OBDFormatError(f"{log_path}, line {rows_before + row + 2}, column 'propensity_score': "
                                  f"{propensity[row]} is not a probability in (0, 1].")
-        parts["action"].append(batch.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64))
-        parts["position"].append(batch.column("position").to_numpy(zero_copy_only=False).astype(np.int64) - 1)
-        parts["click"].append(batch.column("click").to_numpy(zero_copy_only=False).astype(np.float32))
-        parts["propensity"].append(propensity)
-        codes = []
+        out["propensity"][rows] = propensity
+        out["action"][rows] = batch.column("item_id").to_numpy(zero_copy_only=False)
+        out["position"][rows] = batch.column("position").to_numpy(zero_copy_only=False) - 1
+        out["click"][rows] = batch.column("click").to_numpy(zero_copy_only=False)
         for i, column in enumerate(USER_COLUMNS):
             encoded = pc.dictionary_encode(batch.column(column))
             local = encoded.dictionary.to_pylist()
             remap = np.array([vocab[i].setdefault(v, len(vocab[i])) for v in local], dtype=np.int64)
-            codes.append(remap[encoded.indices.to_numpy(zero_copy_only=False)])
-        parts["users"].append(np.stack(codes, 1))
+            out["users"][rows, i] = remap[encoded.indices.to_numpy(zero_copy_only=False)]
         if with_affinity:
-            parts["affinity"].append(np.stack([batch.column(c).to_numpy(zero_copy_only=False)
-                                               for c in affinity_columns], 1).astype(np.float16))
+            for j, column in enumerate(affinity_columns):
+                out["affinity"][rows, j] = batch.column(column).to_numpy(zero_copy_only=False)
         rows_before += batch.num_rows
 
     def cat(key: str, dtype=None) -> torch.Tensor:
-        arrays = parts[key]
-        return torch.from_numpy(np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype or np.float32))
+        return torch.from_numpy(out[key][:rows_before])
 
-    action = cat("action", np.int64)
+    action = cat("action")
     if len(action) and (int(action.min()) < 0 or int(action.max()) >= n_items):
         raise OBDFormatError(f"{log_path}, column 'item_id': ids must be in 0..{n_items - 1} (item_context has "
                              f"{n_items} items), found {int(action.min())}..{int(action.max())}.")
-    position = cat("position", np.int64)
+    position = cat("position")
     if len(position) and (int(position.min()) < 0 or int(position.max()) >= N_POSITIONS):
         raise OBDFormatError(f"{log_path}, column 'position': must be 1, 2 or 3.")
     return LoggedData(
-        action=action, position=position, click=cat("click"), propensity=cat("propensity", np.float64),
-        user_features=torch.from_numpy(np.concatenate(parts["users"])) if parts["users"] else torch.zeros(0, 4,
-                                                                                                        dtype=torch.long),
-        affinity=torch.from_numpy(np.concatenate(parts["affinity"])) if with_affinity and parts["affinity"] else None,
+        action=action, position=position, click=cat("click"), propensity=cat("propensity"),
+        user_features=cat("users"), affinity=cat("affinity") if with_affinity else None,
         item_price=item_price, item_categories=item_categories,
         user_vocab=[list(v) for v in vocab], policy=policy, campaign=campaign)
+
+
+def _count_data_lines(path: Path, chunk: int = 1 << 24) -> int:
+    """Lines after the header: an upper bound on the rows (a quoted field may span lines)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines, last = 0, b"\n"
+    with opener(path, "rb") as f:
+        while block := f.read(chunk):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(lines - 1 + (last != b"\n"), 0)
 
 
 def _explain(path: Path, err: Exception, header: list[str]) -> OBDFormatError:
