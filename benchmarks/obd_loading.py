@@ -4,7 +4,8 @@
 
 Writes a file in the dataset's layout (random policy, 80 items, like the full 'all'
 campaign) into a temporary directory, then loads it in a fresh process and reports rows/s
-and the peak resident memory of that process (with and without the affinity matrix).
+and the peak resident memory of that process (with and without the affinity matrix), beside
+the memory its imports take and the size of the loaded result.
 """
 
 from __future__ import annotations
@@ -49,14 +50,21 @@ def generate(root: Path, rows: int, n_items: int = 80, chunk: int = 500_000, see
     return root
 
 
+# Peak memory is the process's VmHWM (Linux): ru_maxrss would also count the pre-exec copy
+# of the (large) generating parent, which Linux carries across fork + exec.
 LOADER = """
-import json, resource, sys, time
+import json, re, sys, time
+def peak_mb():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
 from rlrec.data.obd import load_obd
+import_mb = peak_mb()
 start = time.perf_counter()
 data = load_obd(sys.argv[1], policy="random", campaign="all", with_affinity=sys.argv[2] == "1")
 elapsed = time.perf_counter() - start
+result_mb = sum(t.numel() * t.element_size() for t in (data.action, data.position, data.click, data.propensity,
+                                                       data.user_features, data.affinity) if t is not None) / 2**20
 print(json.dumps({"rows": len(data), "seconds": elapsed, "rows_per_s": len(data) / elapsed,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb(), "after_imports_mb": import_mb, "result_mb": result_mb}))
 """
 
 
@@ -77,7 +85,8 @@ def main() -> None:
             row = {**json.loads(out.stdout), "with_affinity": affinity == "1", "csv_mb": size_mb}
             results.append(row)
             print(f"with_affinity={row['with_affinity']!s:>5}: {row['rows_per_s']:,.0f} rows/s "
-                  f"({row['seconds']:.1f} s), peak RSS {row['peak_rss_mb']:,.0f} MB")
+                  f"({row['seconds']:.1f} s), peak RSS {row['peak_rss_mb']:,.0f} MB (imports "
+                  f"{row['after_imports_mb']:,.0f} MB, result {row['result_mb']:,.0f} MB)")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

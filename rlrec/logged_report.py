@@ -17,7 +17,8 @@ Policies give their item probabilities through ``action_probs``, as agents do:
   value is measured on-policy, from its own logs (estimator ``on_policy``);
 - with ``run_dir``/``checkpoint``, the trained agent of a run on the fitted shop
   (``python train.py env=obd``): each logged impression is the first step of a session of
-  a user with the logged features, and the agent's ``action_probs`` give its first slot.
+  a user with the logged features, and the agent's ``action_probs`` give the item of its
+  slate in the logged position.
 
 Writes ``eval.json``, ``eval.md`` and ``policies.png`` like the simulated evaluation.
 """
@@ -64,7 +65,8 @@ def evaluate_logs(path: str | None = None, campaign: str = "men", n_boot: int = 
     if trained is not None:
         label, agent, shop = trained
         shop_users = obd_logs(shop.cfg).user_features[evaluation_rows]  # the same pooled codes the shop observes
-        probs = {label: agent.action_probs(shop.first_observation(shop_users)).cpu(), **probs}
+        slot = random_logs.position  # position-aware: the item the agent shows where the logged one was shown
+        probs = {label: agent.action_probs(shop.first_observation(shop_users), slot).cpu(), **probs}
     results: dict[str, dict[str, dict[str, float]]] = {}
     for label, policy_probs in probs.items():
         estimates = off_policy_estimates(random_logs.click, random_logs.action, random_logs.propensity,

@@ -46,8 +46,12 @@ def test_agents_follow_the_protocol(small_shop):
         probs = agent.action_probs(obs)
         assert probs.shape == (cfg.num_users, cfg.n_items) and probs.dtype == torch.float64
         torch.testing.assert_close(probs.sum(1), torch.ones(cfg.num_users, dtype=torch.float64))
-        if not isinstance(agent, RandomAgent):  # deterministic greedy policies: all mass on slot 0's item
-            assert torch.equal(probs.argmax(1), agent.act(obs)[:, 0]) and bool((probs.max(1).values == 1).all())
+        if not isinstance(agent, RandomAgent):  # deterministic greedy policies: all mass on the slot's item
+            greedy = agent.act(obs)
+            assert torch.equal(probs.argmax(1), greedy[:, 0]) and bool((probs.max(1).values == 1).all())
+            slot = torch.arange(cfg.num_users) % cfg.slate_size  # position-aware: each row its own slot
+            in_slot = agent.action_probs(obs, slot)
+            assert torch.equal(in_slot.argmax(1), greedy[torch.arange(cfg.num_users), slot])
         result = small_shop.step(slate)
         agent.observe(make_transition(obs, slate, result))
         agent.observe(make_transition(obs, slate, result))

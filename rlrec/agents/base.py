@@ -34,9 +34,10 @@ class Agent(Protocol):
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         """A slate [B, K] of item ids for each user; ``explore`` turns on exploration."""
 
-    def action_probs(self, obs: Observation) -> torch.Tensor:
-        """[B, N] float64: the probability that the greedy policy (``explore=False``) puts each item
-        in the slate's first slot. Off-policy evaluation on one-item logs reads these."""
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] float64: the probability that the greedy policy (``explore=False``) shows each item
+        in slot ``slot[b]`` of row b's slate (default: the first slot). Off-policy evaluation on
+        position-wise logs reads these, with each logged row's position as its slot."""
 
     def observe(self, transition: Transition) -> None:
         """Take in one environment step (store it, count it...)."""
@@ -51,8 +52,13 @@ class Agent(Protocol):
         """Restore from :meth:`state_dict`."""
 
 
-def one_hot_probs(items: torch.Tensor, n_items: int) -> torch.Tensor:
-    """[B, N] float64 distributions putting all mass on ``items`` [B] (a deterministic policy)."""
+def slate_probs(slate: torch.Tensor, slot: torch.Tensor | None, n_items: int) -> torch.Tensor:
+    """[B, N] float64: a deterministic policy's ``action_probs``, all mass on the item its slate
+    [B, K] shows in ``slot`` [B] (default 0; slots past K read the last one)."""
+    if slot is None:
+        items = slate[:, 0]
+    else:
+        items = slate.gather(1, slot.to(slate.device).clamp(0, slate.shape[1] - 1).view(-1, 1)).squeeze(1)
     return torch.nn.functional.one_hot(items, n_items).double()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlrec.agents.base import Transition, batch_size, explore_rows, one_hot_probs
+from rlrec.agents.base import Transition, batch_size, explore_rows, slate_probs
 from rlrec.agents.dqn import DQNAgent
 from rlrec.sim.env import Observation, Shop, random_slates
 from rlrec.sim.privileged import myopic_slate
@@ -48,7 +48,8 @@ class RandomAgent(_Stateless):
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         return random_slates(batch_size(obs), self.n_items, self.slate_size, self.generator)
 
-    def action_probs(self, obs: Observation) -> torch.Tensor:
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        # every slot of a uniformly random slate of distinct items is uniform over the items
         return torch.full((batch_size(obs), self.n_items), 1.0 / self.n_items, dtype=torch.float64,
                           device=self.generator.device)
 
@@ -73,8 +74,8 @@ class PopularAgent:
         return explore_rows(top, random_slates(b, self.n_items, self.slate_size, self.generator), self.epsilon,
                             self.generator)
 
-    def action_probs(self, obs: Observation) -> torch.Tensor:
-        return one_hot_probs(self.purchases.argmax().expand(batch_size(obs)), self.n_items)
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        return slate_probs(self.act(obs), slot, self.n_items)
 
     def observe(self, transition: Transition) -> None:
         self.purchases.index_add_(0, transition["action"], transition["purchase"].to(self.purchases.dtype))
@@ -104,8 +105,8 @@ class MyopicAgent(_Stateless):
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         return myopic_slate(self.shop)
 
-    def action_probs(self, obs: Observation) -> torch.Tensor:
-        return one_hot_probs(myopic_slate(self.shop)[:, 0], self.shop.n_items)
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        return slate_probs(myopic_slate(self.shop), slot, self.shop.n_items)
 
 
 class BanditAgent(DQNAgent):

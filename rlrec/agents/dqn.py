@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlrec.agents.base import Transition, explore_rows, linear_schedule, one_hot_probs
+from rlrec.agents.base import Transition, explore_rows, linear_schedule, slate_probs
 from rlrec.config import ConfigError, EnvConfig
 from rlrec.nets import QNetwork
 from rlrec.replay import Batch, ReplayBuffer
@@ -97,8 +97,8 @@ class DQNAgent:
         return explore_rows(greedy, random, self.epsilon, self.generator)
 
     @torch.no_grad()
-    def action_probs(self, obs: Observation) -> torch.Tensor:
-        return one_hot_probs(self.q(obs).argmax(dim=1), self.env_cfg.n_items)
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        return slate_probs(self.act(obs), slot, self.env_cfg.n_items)
 
     # ------------------------------------------------------------------ learning
     def observe(self, transition: Transition) -> None:

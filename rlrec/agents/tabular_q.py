@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rlrec.agents.base import Transition, explore_rows, linear_schedule, one_hot_probs
+from rlrec.agents.base import Transition, explore_rows, linear_schedule, slate_probs
 from rlrec.config import EnvConfig
 from rlrec.sim.env import Observation, random_slates
 from rlrec.sim.tabular import n_tabular_states, tabular_state_index
@@ -72,8 +72,8 @@ class TabularQAgent:
         random = random_slates(greedy.shape[0], self.env_cfg.n_items, 1, self.generator)
         return explore_rows(greedy, random, self.epsilon, self.generator)
 
-    def action_probs(self, obs: Observation) -> torch.Tensor:
-        return one_hot_probs(self.q[self.state(obs)].argmax(dim=1), self.env_cfg.n_items)
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        return slate_probs(self.act(obs), slot, self.env_cfg.n_items)
 
     def observe(self, transition: Transition) -> None:
         self._pending = transition

@@ -255,7 +255,10 @@ class ClickModelPolicy:
         self.model = model
 
     @torch.no_grad()
-    def action_probs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[n, N] one-hot on the best item for each context (``user_features``, ``position``, ``affinity``)."""
+    def action_probs(self, obs: dict[str, torch.Tensor], slot: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, N] one-hot on the best item for each context (``user_features``, ``position``, ``affinity``).
+
+        The context's own position enters the model; ``slot`` is accepted for the protocol.
+        """
         logits = self.model.item_logits(obs["user_features"], obs["position"], obs.get("affinity"))
         return nn.functional.one_hot(logits.argmax(1), logits.shape[1]).double()

@@ -97,7 +97,8 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
         campaign: ``"men"``, ``"women"`` or (full release) ``"all"``.
         with_affinity: also load the per-row user-item affinity counts ([n, N] float16;
             about 4 GB for the full ``all`` campaign, so leave it off there if memory is short).
-        block_size: bytes of CSV text parsed at a time.
+        block_size: bytes of CSV text parsed at a time (Arrow reads a few blocks ahead, so small
+            blocks keep memory low; 1 MB was also the fastest in benchmarks/obd_loading.py).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -134,7 +135,7 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
             raise OBDFormatError(f"{log_path} has no column {column!r} (its header has {len(header)} columns).")
     try:
         reader = pacsv.open_csv(pa.input_stream(str(log_path), compression="detect"),
-                                read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False), convert_options=convert)
+                                read_options=pacsv.ReadOptions(block_size=block_size), convert_options=convert)
     except pa.ArrowInvalid as err:
         raise _explain(log_path, err, header) from err
 
