@@ -213,7 +213,8 @@ def _fit_per_item(data: LoggedData, rows: torch.Tensor, folds: int, seed: int) -
     return _per_item_rate(data, rows, min(PRIOR_STRENGTH_GRID, key=held_out_loss))
 
 
-def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int = 1000) -> dict[str, dict]:
+def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int = 1000,
+                   user_l2_scale: float = 10.0) -> dict[str, dict]:
     """Held-out log-loss and AUC of the click model, a constant rate and a per-item rate.
 
     Every row is predicted by models fitted on the other folds (their hyperparameters chosen
@@ -229,7 +230,7 @@ def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int 
         train = train.nonzero().squeeze(1)
         predictions["constant"][fold] = float(data.click[train].double().mean())
         predictions["per_item"][fold] = _fit_per_item(data, train, folds, seed)[data.action[fold]]
-        model = fit_click_model(data, train, folds=folds, seed=seed)
+        model = fit_click_model(data, train, user_l2_scale=user_l2_scale, folds=folds, seed=seed)
         chosen_l2.append(model.l2)
         predictions["click_model"][fold] = predict(model, data, fold)
     y = data.click
