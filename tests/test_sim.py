@@ -322,9 +322,9 @@ def test_fitted_shop_takes_catalog_and_users_from_the_logs(obd_shop):
 
 def test_fitted_shop_clicks_with_the_fitted_model(obd_shop):
     """A lone item is clicked with exactly the click model's probability, and the simulator samples it."""
-    from rlrec.sim.fitted import _fit_obd
+    from rlrec.sim.fitted import obd_click_model
 
-    _, model = _fit_obd(None, "men", obd_shop.cfg.seed)
+    model = obd_click_model(obd_shop.cfg)
     cfg, cat = obd_shop.cfg, obd_shop.catalog
     items = torch.arange(obd_shop.n_items)
     utilities = response.click_utilities(torch.zeros(len(items), 1), cat.hype[items].unsqueeze(1),

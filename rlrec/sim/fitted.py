@@ -54,6 +54,11 @@ def obd_logs(cfg: EnvConfig):
     return _fit_obd(cfg.logs_path, cfg.logs_campaign, cfg.seed)[0]
 
 
+def obd_click_model(cfg: EnvConfig):
+    """The click model an ``env=obd`` shop clicks with (item and position effects)."""
+    return _fit_obd(cfg.logs_path, cfg.logs_campaign, cfg.seed)[1]
+
+
 def obd_world(cfg: EnvConfig, generator: torch.Generator) -> tuple[EnvConfig, Catalog, UserModel, torch.Tensor]:
     """(the config with the data's sizes and click utilities, catalog, user model, slot utilities [K])."""
     logs, model = _fit_obd(cfg.logs_path, cfg.logs_campaign, cfg.seed)
