@@ -8,6 +8,16 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 DEVICES = ["cpu", CUDA]
 
 
+def solved_tiny_shop(num_users):
+    """(shop, exact MDP, Q*, V*) of the tiny shop with ``num_users`` rows."""
+    from rlrec.sim.tabular import build_tabular_mdp, value_iteration
+
+    shop = Shop(env_preset("tiny", device="cpu", num_users=num_users))
+    mdp = build_tabular_mdp(shop)
+    q, v = value_iteration(mdp)
+    return shop, mdp, q, v
+
+
 @pytest.fixture
 def tiny_shop():
     return Shop(env_preset("tiny", device="cpu", num_users=256))

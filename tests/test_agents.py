@@ -10,19 +10,15 @@ from rlrec.agents.tabular_q import TabularQAgent
 from rlrec.config import env_preset
 from rlrec.replay import ReplayBuffer
 from rlrec.sim.env import Shop
-from rlrec.sim.tabular import (build_tabular_mdp, evaluate_policy, greedy, occupancy, start_value,
-                               state_observations, value_iteration)
+from rlrec.sim.tabular import evaluate_policy, greedy, occupancy, start_value, state_observations
 from rlrec.trainer import train_steps
 
-from conftest import DEVICES
+from conftest import DEVICES, solved_tiny_shop
 
 
 @pytest.fixture(scope="module")
 def oracle():
-    shop = Shop(env_preset("tiny", device="cpu", num_users=8))
-    mdp = build_tabular_mdp(shop)
-    q, v = value_iteration(mdp)
-    return shop, mdp, q, v
+    return solved_tiny_shop(num_users=8)
 
 
 def greedy_table(agent, shop, mdp):

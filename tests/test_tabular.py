@@ -8,16 +8,14 @@ import torch
 from rlrec.config import ConfigError, env_preset
 from rlrec.evaluation import run_sessions
 from rlrec.sim.env import Shop
-from rlrec.sim.tabular import (build_tabular_mdp, evaluate_policy, greedy, myopic_policy, start_value,
-                               value_iteration)
+from rlrec.sim.tabular import build_tabular_mdp, evaluate_policy, greedy, myopic_policy, start_value, value_iteration
+
+from conftest import solved_tiny_shop
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    shop = Shop(env_preset("tiny", device="cpu", num_users=4096))
-    mdp = build_tabular_mdp(shop)
-    q, v = value_iteration(mdp)
-    return shop, mdp, q, v
+    return solved_tiny_shop(num_users=4096)
 
 
 def test_mdp_is_a_distribution(tiny):

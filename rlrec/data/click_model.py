@@ -181,14 +181,8 @@ def fit_click_model(data: LoggedData, rows: torch.Tensor | None = None, l2: floa
     """
     rows = torch.arange(len(data)) if rows is None else rows
     if l2 is None:
-        def held_out_loss(strength: float) -> float:
-            total = 0.0
-            for fold in _folds(rows, folds, seed + 1):
-                train = rows[~torch.isin(rows, fold)]
-                total += float(_row_log_loss(predict(_fit(data, train, strength, user_l2_scale), data, fold),
-                                             data.click[fold]).sum())
-            return total
-        l2 = min(L2_GRID, key=held_out_loss)
+        l2 = _choose_by_cv(data, rows, L2_GRID, folds, seed, lambda train, fold, strength: predict(
+            _fit(data, train, strength, user_l2_scale), data, fold))
     model = _fit(data, rows, l2, user_l2_scale)
     model.l2 = l2
     return model
@@ -203,14 +197,24 @@ def _per_item_rate(data: LoggedData, rows: torch.Tensor, prior_strength: float) 
 
 
 def _fit_per_item(data: LoggedData, rows: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    def held_out_loss(strength: float) -> float:
+    strength = _choose_by_cv(data, rows, PRIOR_STRENGTH_GRID, folds, seed, lambda train, fold, strength: (
+        _per_item_rate(data, train, strength)[data.action[fold]]))
+    return _per_item_rate(data, rows, strength)
+
+
+def _choose_by_cv(data: LoggedData, rows: torch.Tensor, grid: tuple[float, ...], folds: int, seed: int,
+                  predict_fold) -> float:
+    """The value of ``grid`` with the least held-out log-loss over ``folds`` folds of ``rows``.
+
+    ``predict_fold(train_rows, fold_rows, value)`` returns click probabilities for ``fold_rows``.
+    """
+    def held_out_loss(value: float) -> float:
         total = 0.0
         for fold in _folds(rows, folds, seed + 1):
             train = rows[~torch.isin(rows, fold)]
-            total += float(_row_log_loss(_per_item_rate(data, train, strength)[data.action[fold]],
-                                         data.click[fold]).sum())
+            total += float(_row_log_loss(predict_fold(train, fold, value), data.click[fold]).sum())
         return total
-    return _per_item_rate(data, rows, min(PRIOR_STRENGTH_GRID, key=held_out_loss))
+    return min(grid, key=held_out_loss)
 
 
 def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int = 1000,
@@ -224,10 +228,9 @@ def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int 
     """
     predictions = {name: torch.empty(len(data), dtype=torch.float64) for name in ("constant", "per_item", "click_model")}
     chosen_l2 = []
-    for fold in _folds(torch.arange(len(data)), folds, seed):
-        train = torch.ones(len(data), dtype=torch.bool)
-        train[fold] = False
-        train = train.nonzero().squeeze(1)
+    every_row = torch.arange(len(data))
+    for fold in _folds(every_row, folds, seed):
+        train = every_row[~torch.isin(every_row, fold)]
         predictions["constant"][fold] = float(data.click[train].double().mean())
         predictions["per_item"][fold] = _fit_per_item(data, train, folds, seed)[data.action[fold]]
         model = fit_click_model(data, train, user_l2_scale=user_l2_scale, folds=folds, seed=seed)

@@ -182,19 +182,19 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
                 out["affinity"][rows, j] = batch.column(column).to_numpy(zero_copy_only=False)
         rows_before += batch.num_rows
 
-    def cat(key: str, dtype=None) -> torch.Tensor:
+    def filled(key: str) -> torch.Tensor:
         return torch.from_numpy(out[key][:rows_before])
 
-    action = cat("action")
+    action = filled("action")
     if len(action) and (int(action.min()) < 0 or int(action.max()) >= n_items):
         raise OBDFormatError(f"{log_path}, column 'item_id': ids must be in 0..{n_items - 1} (item_context has "
                              f"{n_items} items), found {int(action.min())}..{int(action.max())}.")
-    position = cat("position")
+    position = filled("position")
     if len(position) and (int(position.min()) < 0 or int(position.max()) >= N_POSITIONS):
         raise OBDFormatError(f"{log_path}, column 'position': must be 1, 2 or 3.")
     return LoggedData(
-        action=action, position=position, click=cat("click"), propensity=cat("propensity"),
-        user_features=cat("users"), affinity=cat("affinity") if with_affinity else None,
+        action=action, position=position, click=filled("click"), propensity=filled("propensity"),
+        user_features=filled("users"), affinity=filled("affinity") if with_affinity else None,
         item_price=item_price, item_categories=item_categories,
         user_vocab=[list(v) for v in vocab], policy=policy, campaign=campaign)
 

@@ -90,8 +90,7 @@ def obd_world(cfg: EnvConfig, generator: torch.Generator) -> tuple[EnvConfig, Ca
                       log_price_centered=log_price - log_price.mean(), quality=quality, hype=hype, latent=latent)
 
     users = make_user_model(cfg, g)
-    segment = (logs.user_features[:, 0] * sizes[1] + logs.user_features[:, 1]) * sizes[2] + logs.user_features[:, 2]
-    counts = torch.bincount(segment, minlength=sizes[0] * sizes[1] * sizes[2]).float()
+    counts = torch.bincount(users.segment_index(logs.user_features), minlength=users.n_segments).float()
     users.segment_probs = counts / counts.sum()
     slot_utilities = model.position[: cfg.slate_size].float()
     return cfg, catalog, users, slot_utilities

@@ -39,16 +39,16 @@ class UserModel:
         return a * g * r
 
     def to(self, device: torch.device) -> "UserModel":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}  # None stays
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return UserModel(**moved)
 
     def sample_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """[n, 3] long: uniform age band, gender and region, or segments drawn from ``segment_probs``."""
         device = self.age_effect.device
-        if self.segment_probs is not None:
-            from rlrec.sim.env import sample_categorical
-
-            segment = sample_categorical(self.segment_probs.expand(n, -1), torch.rand(n, generator=generator, device=device))
+        if self.segment_probs is not None:  # inverse CDF, as sample_categorical, with one shared CDF
+            cdf = self.segment_probs.cumsum(0)
+            u = torch.rand(n, generator=generator, device=device)
+            segment = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.numel() - 1)
             return self.segment_features()[segment]
         sizes = torch.tensor(self.feature_sizes, device=device, dtype=torch.float32)
         return (torch.rand(n, 3, generator=generator, device=device) * sizes).long()
