@@ -8,13 +8,14 @@ from typing import Iterator
 
 from rlrec.checkpoint import CheckpointError
 from rlrec.config import ConfigError
+from rlrec.data.obd import OBDFormatError
 
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Print ``error: <message>`` and exit with status 2 on a configuration or checkpoint error."""
+    """Print ``error: <message>`` and exit with status 2 on a configuration, checkpoint or data-file error."""
     try:
         yield
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, OBDFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

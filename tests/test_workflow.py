@@ -191,6 +191,9 @@ def test_evaluate_on_logged_data(tmp_path):
     assert policies["uniform random"]["ips"]["value"] == pytest.approx(logs["click_rate"], abs=1e-12)
     assert policies["BTS behaviour"]["on_policy"]["value"] == pytest.approx(
         float(load_obd(policy="bts", campaign="women", with_affinity=False).click.double().mean()), abs=1e-12)
+    proc = run("evaluate.py", "env=obd", f"env.logs_path={tmp_path}/no_dataset", f"hydra.run.dir={tmp_path}/h",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("evaluate.py", "env=obd", "run_dir=somewhere", f"hydra.run.dir={tmp_path}/h", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
