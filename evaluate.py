@@ -1,45 +1,64 @@
 """Evaluate policies: ``python evaluate.py run_dir=<run>`` (simulator) or ``python evaluate.py env=obd`` (logs).
 
 By default it replays a trained run and the baselines on the same simulated users
-(rlrec/report.py). ``env=obd`` trains nothing: it estimates each policy's click rate from
-the Open Bandit Dataset's logs with IPS, SNIPS, DM and DR (rlrec/logged_report.py).
+(rlrec/eval/sim_report.py). ``env=obd`` trains nothing: it estimates each policy's click rate
+from the Open Bandit Dataset's logs with IPS, SNIPS, DM and DR (rlrec/eval/logged_report.py).
 Both write eval.json, eval.md and policies.png (into the run directory or ``out_dir``).
 """
 
+from datetime import datetime
+
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlrec.cli import friendly_errors
-from rlrec.config import ConfigError, register_configs
+from rlrec.cli import friendly_errors, run_entry_point
+from rlrec.config import ConfigError, EvaluateConfig, build_config, env_config_from, register_configs
 
-register_configs()  # the env presets extend the dataclass schemas registered here
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     with friendly_errors():
-        env = cfg.get("env")
-        if env is not None and env.get("logs") == "obd":
-            from rlrec.logged_report import evaluate_logs, format_markdown
+        ecfg = build_config(EvaluateConfig, cfg, "")
+        env = env_config_from(cfg.env) if cfg.get("env") is not None else None
+        if env is not None and env.logs == "obd":
+            from rlrec.eval.logged_report import evaluate_logs, format_markdown
 
-            report = evaluate_logs(path=env.logs_path, campaign=env.logs_campaign, n_boot=cfg.ope.n_boot,
-                                   seed=cfg.ope.seed, out_dir=cfg.out_dir or HydraConfig.get().runtime.output_dir,
-                                   run_dir=cfg.run_dir, checkpoint=cfg.checkpoint, device=cfg.device)
+            out_dir = ecfg.out_dir or datetime.now().strftime("outputs/eval/%Y-%m-%d/%H-%M-%S")
+            report = evaluate_logs(
+                path=env.logs_path,
+                campaign=env.logs_campaign,
+                n_boot=ecfg.ope.n_boot,
+                seed=ecfg.ope.seed,
+                out_dir=out_dir,
+                run_dir=ecfg.run_dir,
+                checkpoint=ecfg.checkpoint,
+                device=ecfg.device,
+            )
             print(format_markdown(report))
+            print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
             return float(next(iter(report["policies"].values()))["ips"]["value"])
         if env is not None:
-            raise ConfigError("evaluate.py takes env=obd (policies on logged data) or no env at all: a trained "
-                              "run is evaluated in the shop it was trained on (its checkpoint holds the env config).")
-        from rlrec.report import evaluate_run, format_markdown
+            raise ConfigError(
+                "evaluate.py takes env=obd (policies on logged data) or no env at all: a trained "
+                "run is evaluated in the shop it was trained on (its checkpoint holds the env config)."
+            )
+        from rlrec.eval.sim_report import evaluate_run, format_markdown
 
-        report = evaluate_run(run_dir=cfg.run_dir, checkpoint=cfg.checkpoint, eval_users=cfg.eval_users,
-                              eval_seed=cfg.eval_seed, out_dir=cfg.out_dir, device=cfg.device,
-                              baselines=tuple(cfg.baselines))
+        report = evaluate_run(
+            run_dir=ecfg.run_dir,
+            checkpoint=ecfg.checkpoint,
+            eval_users=ecfg.eval_users,
+            eval_seed=ecfg.eval_seed,
+            out_dir=ecfg.out_dir,
+            device=ecfg.device,
+            baselines=tuple(ecfg.baselines),
+        )
         print(format_markdown(report))
         first = next(iter(report["policies"].values()))
-        return float(first["return"]["mean"])
+        return float(first["episodic_return"]["mean"])
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

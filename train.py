@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlrec.cli import friendly_errors
+from rlrec.cli import friendly_errors, run_entry_point
 from rlrec.config import register_configs
 
 register_configs()
@@ -16,11 +16,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from rlrec.trainer import train
+    from rlrec.train.loop import train
 
     with friendly_errors():
         return train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

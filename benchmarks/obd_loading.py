@@ -28,19 +28,29 @@ def generate(root: Path, rows: int, n_items: int = 80, chunk: int = 500_000, see
     directory = root / "random" / "all"
     directory.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    items = pa.table({"": np.arange(n_items), "item_id": np.arange(n_items),
-                      "item_feature_0": rng.normal(size=n_items),
-                      **{f"item_feature_{i}": [f"{h:032x}" for h in rng.integers(0, 2**62, n_items) % (7 * i)]
-                         for i in (1, 2, 3)}})
+    items = pa.table(
+        {
+            "": np.arange(n_items),
+            "item_id": np.arange(n_items),
+            "item_feature_0": rng.normal(size=n_items),
+            **{
+                f"item_feature_{i}": [f"{h:032x}" for h in rng.integers(0, 2**62, n_items) % (7 * i)] for i in (1, 2, 3)
+            },
+        }
+    )
     pacsv.write_csv(items, directory / "item_context.csv")
     hashes = [f"{h:032x}" for h in rng.integers(0, 2**62, 64)]
     with open(directory / "all.csv", "wb") as f:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            columns = {"": np.arange(start, start + n), "timestamp": np.full(n, "2019-11-24 00:00:00+00:00"),
-                       "item_id": rng.integers(0, n_items, n), "position": rng.integers(1, 4, n),
-                       "click": (rng.random(n) < 0.005).astype(np.int64),
-                       "propensity_score": np.full(n, 1 / n_items)}
+            columns = {
+                "": np.arange(start, start + n),
+                "timestamp": np.full(n, "2019-11-24 00:00:00+00:00"),
+                "item_id": rng.integers(0, n_items, n),
+                "position": rng.integers(1, 4, n),
+                "click": (rng.random(n) < 0.005).astype(np.int64),
+                "propensity_score": np.full(n, 1 / n_items),
+            }
             for i, size in enumerate((3, 5, 9, 8)):
                 columns[f"user_feature_{i}"] = np.array(hashes[:size])[rng.integers(0, size, n)]
             affinity = np.where(rng.random((n, n_items)) < 0.002, rng.integers(1, 5, (n, n_items)), 0).astype(float)
@@ -80,13 +90,16 @@ def main() -> None:
         print(f"generated {args.rows:,} rows ({size_mb:,.0f} MB of CSV) in {time.perf_counter() - t0:.0f} s")
         results = []
         for affinity in ("0", "1"):
-            out = subprocess.run([sys.executable, "-c", LOADER, str(root), affinity], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", LOADER, str(root), affinity], capture_output=True, text=True, check=True
+            )
             row = {**json.loads(out.stdout), "with_affinity": affinity == "1", "csv_mb": size_mb}
             results.append(row)
-            print(f"with_affinity={row['with_affinity']!s:>5}: {row['rows_per_s']:,.0f} rows/s "
-                  f"({row['seconds']:.1f} s), peak RSS {row['peak_rss_mb']:,.0f} MB (imports "
-                  f"{row['after_imports_mb']:,.0f} MB, result {row['result_mb']:,.0f} MB)")
+            print(
+                f"with_affinity={row['with_affinity']!s:>5}: {row['rows_per_s']:,.0f} rows/s "
+                f"({row['seconds']:.1f} s), peak RSS {row['peak_rss_mb']:,.0f} MB (imports "
+                f"{row['after_imports_mb']:,.0f} MB, result {row['result_mb']:,.0f} MB)"
+            )
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

@@ -31,8 +31,9 @@ def _sync(device: torch.device) -> None:
 
 def measure(device: str, b: int, n: int, k: int, compile: bool, repeats: int, min_time: float) -> float:
     torch._dynamo.reset()  # a fresh compile per grid point: dynamo's recompile limit is per process
-    shop = Shop(env_preset("default", device=device, num_users=b, n_items=n, slate_size=k, check_actions=False,
-                           compile=compile))
+    shop = Shop(
+        env_preset("default", device=device, num_users=b, n_items=n, slate_size=k, check_actions=False, compile=compile)
+    )
     g = torch.Generator(device=shop.device).manual_seed(0)
     slates = [random_slates(b, n, k, g) for _ in range(4)]
     for i in range(3):  # warm-up
@@ -75,8 +76,9 @@ def main() -> None:
         for b, n, k in grid:
             for mode in args.modes:
                 rate = measure(device, b, n, k, mode == "compile", args.repeats, args.min_time)
-                rows.append({"device": device, "B": b, "N": n, "K": k, "compile": mode == "compile",
-                             "user_steps_per_s": rate})
+                rows.append(
+                    {"device": device, "B": b, "N": n, "K": k, "compile": mode == "compile", "user_steps_per_s": rate}
+                )
                 print(f"{device:>8} {b:>7} {n:>7} {k:>3} {mode:>8} {rate:>14,.0f}", flush=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)

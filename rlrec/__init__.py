@@ -1,2 +1,3 @@
 """rlrec: reinforcement-learning recommenders for e-commerce."""
+
 __version__ = "0.1.0"

@@ -1,21 +1,68 @@
-"""Turning known errors into one clear line instead of a traceback, for the entry points."""
+"""The entry points' error handling: a known problem is one ``error:`` line and exit status 2.
+
+Configuration, checkpoint, run-directory and data-file errors are the user's to fix, so they
+are reported as one sentence naming the problem and the fix, never as a traceback. Hydra's own
+errors (an unknown config option, a value of the wrong type) are condensed the same way. A
+traceback is left for what is a bug in rlrec.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from rlrec.checkpoint import CheckpointError
 from rlrec.config import ConfigError
 from rlrec.data.obd import OBDFormatError
+from rlrec.train.run import RunError
+
+USER_ERRORS = (ConfigError, RunError, OBDFormatError)
+
+
+def one_line(message: str) -> str:
+    """A multi-line message as one line (Hydra's messages span several)."""
+    parts = [line.strip() for line in str(message).splitlines() if line.strip()]
+    parts = [
+        p
+        for p in parts
+        if not p.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Config search path", "provider="))
+    ]
+    return "; ".join(parts)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Print ``error: <message>`` and exit with status 2 on a configuration, checkpoint or data-file error."""
+    """Report a user error (config, checkpoint, run directory, data file, I/O) as one ``error:`` line, exit 2."""
     try:
         yield
-    except (ConfigError, CheckpointError, OBDFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except USER_ERRORS as err:
+        _fail(str(err))
+    except OSError as err:  # a read-only directory, a full disk...
+        where = f" {err.filename}" if err.filename else ""
+        _fail(f"cannot use{where}: {err.strerror or err}")
+
+
+def run_entry_point(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function with every error a user can cause reported as one line.
+
+    Hydra reports composition errors itself (several lines, exit 1) unless HYDRA_FULL_ERROR
+    is set, in which case it raises them: that is what lets them be condensed here.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with friendly_errors():
+        try:
+            main()
+        except (HydraException, OmegaConfBaseException) as err:
+            cause = err.__cause__ if isinstance(err.__cause__, (OmegaConfBaseException, ConfigError)) else None
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            _fail(f"{err}" + (f": {cause}" if cause is not None else ""))

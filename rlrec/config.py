@@ -1,17 +1,23 @@
-"""Structured configs: the schema of every Hydra config group, and its cross-field rules.
+"""Configuration: the schema of every Hydra config group and the one mechanism that checks it.
 
-Each dataclass here mirrors one config group under ``conf/`` and is registered in Hydra's
-ConfigStore (see :func:`register_configs`), so a typo in an override or a value of the
-wrong type fails at start with Hydra's own message. Rules that involve more than one
-field (a slate larger than the catalog, a negative rate) are checked by the ``validate``
-functions below, which raise :class:`ConfigError` with a sentence naming the field.
+Each config group under ``conf/`` has a dataclass schema registered in Hydra's ConfigStore
+(:func:`register_configs`): the env, trainer, logger and evaluation schemas live here, each
+agent's next to the agent (``rlrec/agents/<name>.py``). A field's default and its comment are
+written once, in its dataclass; the yaml files under ``conf/`` only select and override.
+
+A typo or a wrong type in an override fails while Hydra composes the config. Values are
+checked by :func:`check_config` before anything runs: every field against its declared type
+and rule (:func:`param`: bounds, choices; numbers must be finite), then the dataclass's own
+``check()`` for rules that involve several fields. A failure raises :class:`ConfigError`
+with one sentence naming the field, the value, what is allowed and how to fix it.
 """
 
 from __future__ import annotations
 
 import math
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 
@@ -19,125 +25,294 @@ class ConfigError(ValueError):
     """A configuration value is invalid. The message names the field and what is allowed."""
 
 
+# ----------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """What values a field accepts beyond its type: bounds, choices, or a description."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    text: str | None = None  # overrides the generated description of what is allowed
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def describe(self, kind: type) -> str:
+        if self.text:
+            return self.text
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        low = f">= {self.ge}" if self.ge is not None else f"> {self.gt}" if self.gt is not None else None
+        high = f"<= {self.le}" if self.le is not None else f"< {self.lt}" if self.lt is not None else None
+        bounds = " and ".join(b for b in (low, high) if b)
+        if kind is int:
+            return f"an integer {bounds}".strip()
+        return bounds or "a finite number"
+
+
+def param(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple | None = None,
+    text: str | None = None,
+) -> Any:
+    """A dataclass field with a default and the rule its values must follow (see :func:`check_config`)."""
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=choices, text=text)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def probability(default: float) -> Any:
+    """A field holding a probability in [0, 1]."""
+    return param(default, ge=0.0, le=1.0, text="a probability in [0, 1]")
+
+
+def require(condition: bool, name: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` ``<name> = <value> is invalid: it must be <allowed>`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{name} = {value!r} is invalid: it must be {allowed}.")
+
+
+def _type_of(hint: Any) -> type | None:
+    """The scalar type a field must hold (int, float, bool, str), or None for containers."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _type_of(args[0]) if len(args) == 1 else None
+    return hint if hint in (int, float, bool, str) else None
+
+
+def check_config(cfg: Any, prefix: str) -> None:
+    """Check every field of the dataclass instance ``cfg`` (type, finiteness, rule), then ``cfg.check()``.
+
+    ``prefix`` is the field's path on the command line (``"agent"``, ``"env"``...), used in messages.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        if f.name.startswith("_"):
+            continue
+        value, name, kind = getattr(cfg, f.name), f"{prefix}.{f.name}" if prefix else f.name, _type_of(hints[f.name])
+        optional = typing.get_origin(hints[f.name]) is typing.Union
+        if value is None and optional:
+            continue
+        if is_dataclass(value):
+            check_config(value, name)
+            continue
+        example = _example(f, name)
+        if kind is bool:
+            require(isinstance(value, bool), name, value, f"true or false{example}")
+        elif kind is int:
+            require(isinstance(value, int) and not isinstance(value, bool), name, value, f"an integer{example}")
+        elif kind is float:
+            require(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, f"a number{example}")
+            require(math.isfinite(value), name, value, f"a finite number{example}")
+        elif kind is str:
+            require(isinstance(value, str), name, value, f"a string{example}")
+        rule = f.metadata.get("rule")
+        if rule is not None:
+            require(rule.accepts(value), name, value, rule.describe(kind) + example)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check(prefix)
+
+
+def _example(f: Any, name: str) -> str:
+    """``"; e.g. agent.lr=0.001 (the default)"``: the fix, spelled as an override."""
+    default = (
+        f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+    )
+    if default is None or isinstance(default, (list, dict)):
+        return ""
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return f"; e.g. {name}={shown} (the default)"
+
+
+def build_config(schema: type, values: Any, prefix: str) -> Any:
+    """``schema(**values)`` checked by :func:`check_config`; unknown keys name the valid ones.
+
+    ``values`` may be a mapping, a DictConfig or an instance of ``schema``; nested groups
+    (dataclass-typed fields) are built the same way. Keys starting with ``_`` (Hydra's
+    ``_target_``) are ignored.
+    """
+    cfg = _construct(schema, values, prefix)
+    check_config(cfg, prefix)
+    return cfg
+
+
+def _construct(schema: type, values: Any, prefix: str) -> Any:
+    if isinstance(values, schema):
+        return values
+    if values is None:
+        values = {}
+    elif not isinstance(values, dict):
+        from omegaconf import DictConfig, OmegaConf
+
+        values = OmegaConf.to_container(values, resolve=True) if isinstance(values, DictConfig) else dict(values)
+    values = {str(k): v for k, v in values.items() if not str(k).startswith("_")}
+    known = [f.name for f in fields(schema) if not f.name.startswith("_")]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        what = f"{prefix} field(s)" if prefix else "key(s)"
+        raise ConfigError(f"unknown {what} {unknown}; valid fields are: {sorted(known)}.")
+    hints = typing.get_type_hints(schema)
+    for f in fields(schema):
+        if f.name in values and is_dataclass(hints[f.name]):
+            values[f.name] = _construct(hints[f.name], values[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+    return schema(**values)
+
+
+# ----------------------------------------------------------------------------- the shop
 @dataclass
 class EnvConfig:
     """The shop: catalog, users, response model, reward and session dynamics.
 
-    Defaults describe the realistic shop (``conf/env/default.yaml``); the README explains
-    how they were chosen. ``conf/env/tiny.yaml`` overrides them into a shop small enough
-    to enumerate as an exact MDP.
+    The defaults are the realistic default shop, the project's benchmark (the README explains
+    how they were chosen). ``conf/env/tiny.yaml`` overrides them into a shop small enough to
+    enumerate as an exact MDP.
     """
 
     # --- fitted to logs ------------------------------------------------------------
     # "obd": catalog, users and click model come from the Open Bandit Dataset's logs (see
     # rlrec/sim/fitted.py); the data then sets n_items, the categories, the user feature
     # sizes and the click utilities. "": a synthetic shop from the fields below.
-    logs: str = ""
+    logs: str = param("", choices=("", "obd"))
     logs_path: Optional[str] = None  # root of the dataset; None: the sample shipped with rlrec
-    logs_campaign: str = "men"  # men, women, or all (full release)
+    logs_campaign: str = param("men", choices=("men", "women", "all"))  # "all": full release only
 
     # --- catalog -------------------------------------------------------------------
-    n_items: int = 1000  # N, catalog size
-    n_categories: int = 10
-    n_brands: int = 50  # brands are nested in categories: brand b sells category b % n_categories
-    latent_dim: int = 8  # dimension of the latent item/user "fit" vectors
-    category_spread: float = 0.6  # item latent = category centroid + this * noise (then normalised)
+    n_items: int = param(1000, ge=1)  # N, catalog size
+    n_categories: int = param(10, ge=1)
+    n_brands: int = param(50, ge=1)  # brands are nested in categories: brand b sells category b % n_categories
+    latent_dim: int = param(8, ge=1)  # dimension of the latent item/user "fit" vectors
+    category_spread: float = param(0.6, ge=0)  # item latent = category centroid + this * noise (then normalised)
     price_log_mean_low: float = 2.3  # per-category mean log-price drawn in [low, high] (about 10..150)
     price_log_mean_high: float = 5.0
-    price_log_std: float = 0.5  # spread of log-price inside a category
-    quality_logit_std: float = 1.5  # latent quality = sigmoid(this * standard normal), in (0, 1)
-    hype_quality_corr: float = 0.7  # hype = -corr * standardised quality + noise: hyped items tend to be worse
+    price_log_std: float = param(0.5, ge=0)  # spread of log-price inside a category
+    quality_logit_std: float = param(1.5, ge=0)  # latent quality = sigmoid(this * standard normal), in (0, 1)
+    # hype = -corr * standardised quality + noise: hyped items tend to be worse
+    hype_quality_corr: float = probability(0.7)
 
     # --- users ---------------------------------------------------------------------
-    n_age_bands: int = 6
-    n_genders: int = 3
-    n_regions: int = 8
-    preference_noise: float = 0.5  # user preference = feature effects + this * noise: features inform, not determine
-    price_sensitivity_mean: float = 1.0  # mean coefficient on centred log-price in the purchase model
-    price_sensitivity_noise: float = 0.3  # log-normal spread of price sensitivity around its age-band mean
-    interest_drift: float = 0.1  # after a click, interest moves this fraction toward the clicked item
-    satisfaction_levels: int = 5  # L: satisfaction is an integer in 0..L-1
+    n_age_bands: int = param(6, ge=1)
+    n_genders: int = param(3, ge=1)
+    n_regions: int = param(8, ge=1)
+    # user preference = feature effects + this * noise: features inform, not determine
+    preference_noise: float = param(0.5, ge=0)
+    price_sensitivity_mean: float = param(1.0, ge=0)  # mean coefficient on centred log-price in the purchase model
+    price_sensitivity_noise: float = param(0.3, ge=0)  # log-normal spread of price sensitivity around its age-band mean
+    interest_drift: float = probability(0.1)  # after a click, interest moves this fraction toward the clicked item
+    satisfaction_levels: int = param(5, ge=1)  # L: satisfaction is an integer in 0..L-1
     initial_satisfaction: int = 2
     observe_satisfaction: bool = False  # the tabular shop observes it; realistic shops do not
-    history_len: int = 5  # H: recent (item, response) pairs in the observation
+    history_len: int = param(5, ge=1)  # H: recent (item, response) pairs in the observation
 
     # --- response model (see rlrec/sim/response.py) --------------------------------
-    slate_size: int = 5  # K items shown per step
+    slate_size: int = param(5, ge=1)  # K items shown per step
     no_click_utility: float = 3.0  # utility of ignoring the slate in the multinomial logit
-    fit_weight: float = 3.0  # utility per unit of user-item fit (cosine of latent vectors)
-    hype_weight: float = 1.2  # utility per unit of item hype
-    position_decay: float = 0.5  # utility offset of slot k is -position_decay * log(1 + k)
+    fit_weight: float = param(3.0, ge=0)  # utility per unit of user-item fit (cosine of latent vectors)
+    hype_weight: float = param(1.2, ge=0)  # utility per unit of item hype
+    position_decay: float = param(0.5, ge=0)  # utility offset of slot k is -position_decay * log(1 + k)
     purchase_bias: float = -1.5  # logit of purchase given click at zero fit and average price
-    purchase_fit_weight: float = 2.0
-    satisfaction_purchase_weight: float = 3.0  # purchase logit gain from satisfaction level 0 to L-1
-    rating_quality_weight: float = 6.0  # ordinal-logit rating: latent = this * quality + fit weight * fit
-    rating_fit_weight: float = 1.0
-    rating_thresholds: list[float] = field(default_factory=lambda: [0.8, 1.8, 2.8, 3.6])
+    purchase_fit_weight: float = param(2.0, ge=0)
+    satisfaction_purchase_weight: float = param(3.0, ge=0)  # purchase logit gain from satisfaction level 0 to L-1
+    rating_quality_weight: float = param(6.0, ge=0)  # ordinal-logit rating: latent = this * quality + fit weight * fit
+    rating_fit_weight: float = param(1.0, ge=0)
+    rating_thresholds: list[float] = field(default_factory=lambda: [0.8, 1.8, 2.8, 3.6])  # cut points of ratings 1..5
     good_rating: int = 4  # a rating >= this raises satisfaction by one level
     bad_rating: int = 2  # a rating <= this lowers it by one level
-    ignore_penalty_prob: float = 0.15  # probability an ignored slate lowers satisfaction by one level
-    leave_prob_unhappy: float = 0.5  # per-step leave probability at satisfaction 0
-    leave_prob_happy: float = 0.02  # per-step leave probability at satisfaction L-1 (geometric in between)
-    horizon: int = 30  # a session ends after this many steps (a true terminal: the step count is observed)
+    ignore_penalty_prob: float = probability(0.15)  # probability an ignored slate lowers satisfaction by one level
+    leave_prob_unhappy: float = probability(0.5)  # per-step leave probability at satisfaction 0
+    leave_prob_happy: float = probability(0.02)  # per-step leave probability at satisfaction L-1 (geometric in between)
+    horizon: int = param(30, ge=1)  # a session ends after this many steps (a true terminal: the step count is observed)
 
     # --- reward: w_purchase * purchase + w_rating * rating + w_click * click + w_revenue * price * purchase
-    w_purchase: float = 1.0
-    w_rating: float = 0.2  # rating is 1..5 when a purchase happens, else 0
-    w_click: float = 0.0
-    w_revenue: float = 0.0  # per unit of price (prices are around 10..150)
+    w_purchase: float = param(1.0, ge=0)
+    w_rating: float = param(0.2, ge=0)  # rating is 1..5 when a purchase happens, else 0
+    w_click: float = param(0.0, ge=0)
+    w_revenue: float = param(0.0, ge=0)  # per unit of price (prices are around 10..150)
 
     # --- runtime -------------------------------------------------------------------
-    num_users: int = 1024  # B, users served in parallel
-    seed: int = 0  # seeds the catalog, the user model and the simulator's generator
+    num_users: int = param(1024, ge=1)  # B, users served in parallel
+    seed: int = param(0, ge=0)  # seeds the catalog, the user model and the simulator's generator
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     check_actions: bool = True  # validate slates each step (one host sync); benchmarks may turn it off
-    # torch.compile the step's transition: ~1.6x faster at large B on CPU, ~4 s warm-up. Each
+    # torch.compile the step's dynamics: ~1.6x faster at large B on CPU, ~4 s warm-up. Each
     # new shape or shop recompiles, and torch falls back to eager after its recompile_limit (8).
     compile: bool = False
 
+    @property
+    def user_feature_sizes(self) -> tuple[int, int, int]:
+        """Categories of the user feature columns, in observation order (age band, gender, region)."""
+        return (self.n_age_bands, self.n_genders, self.n_regions)
 
-def _require(condition: bool, field_name: str, allowed: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"env.{field_name} = {value!r} is invalid: it must be {allowed}.")
+    def check(self, prefix: str = "env") -> None:
+        """The rules that involve several fields."""
+        require(
+            self.slate_size <= self.n_items,
+            f"{prefix}.slate_size",
+            self.slate_size,
+            f"at most n_items = {self.n_items} (a slate shows distinct items)",
+        )
+        require(
+            self.n_brands >= self.n_categories,
+            f"{prefix}.n_brands",
+            self.n_brands,
+            f">= n_categories = {self.n_categories} (every category needs a brand)",
+        )
+        require(
+            0 <= self.initial_satisfaction < self.satisfaction_levels,
+            f"{prefix}.initial_satisfaction",
+            self.initial_satisfaction,
+            f"in 0..satisfaction_levels-1 = 0..{self.satisfaction_levels - 1}",
+        )
+        require(
+            self.price_log_mean_low <= self.price_log_mean_high,
+            f"{prefix}.price_log_mean_low",
+            self.price_log_mean_low,
+            f"<= price_log_mean_high = {self.price_log_mean_high}",
+        )
+        thresholds = list(self.rating_thresholds)
+        require(
+            len(thresholds) == 4
+            and all(math.isfinite(t) for t in thresholds)
+            and all(a < b for a, b in zip(thresholds, thresholds[1:])),
+            f"{prefix}.rating_thresholds",
+            thresholds,
+            "4 strictly increasing numbers (cut points between ratings 1..5)",
+        )
+        require(
+            1 <= self.bad_rating < self.good_rating <= 5,
+            f"{prefix}.good_rating",
+            self.good_rating,
+            f"in {self.bad_rating + 1}..5 with 1 <= bad_rating < good_rating",
+        )
+        if self.logs == "obd":
+            require(
+                self.slate_size <= 3,
+                f"{prefix}.slate_size",
+                self.slate_size,
+                "at most 3 with logs=obd (the logs have three positions)",
+            )
+        require(self.device != "", f"{prefix}.device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
 
 
-def validate_env_config(cfg: Any) -> None:
-    """Check cross-field rules of an env config (a dataclass or a DictConfig)."""
-    for name in ("n_items", "n_categories", "n_brands", "latent_dim", "n_age_bands", "n_genders",
-                 "n_regions", "satisfaction_levels", "slate_size", "horizon", "num_users", "history_len"):
-        value = getattr(cfg, name)
-        _require(isinstance(value, int) and value >= 1, name, "an integer >= 1", value)
-    _require(cfg.slate_size <= cfg.n_items, "slate_size",
-             f"at most n_items = {cfg.n_items} (a slate shows distinct items)", cfg.slate_size)
-    _require(cfg.n_brands >= cfg.n_categories, "n_brands",
-             f">= n_categories = {cfg.n_categories} (every category needs a brand)", cfg.n_brands)
-    _require(0 <= cfg.initial_satisfaction < cfg.satisfaction_levels, "initial_satisfaction",
-             f"in 0..satisfaction_levels-1 = 0..{cfg.satisfaction_levels - 1}", cfg.initial_satisfaction)
-    for name in ("w_purchase", "w_rating", "w_click", "w_revenue", "fit_weight", "hype_weight",
-                 "position_decay", "purchase_fit_weight", "satisfaction_purchase_weight", "rating_quality_weight", "rating_fit_weight",
-                 "preference_noise", "price_sensitivity_mean", "price_sensitivity_noise", "price_log_std",
-                 "category_spread", "quality_logit_std"):
-        value = getattr(cfg, name)
-        _require(math.isfinite(value) and value >= 0, name, "a finite number >= 0", value)
-    for name in ("interest_drift", "ignore_penalty_prob", "leave_prob_unhappy", "leave_prob_happy",
-                 "hype_quality_corr"):
-        value = getattr(cfg, name)
-        _require(0.0 <= value <= 1.0, name, "a probability in [0, 1]", value)
-    _require(cfg.price_log_mean_low <= cfg.price_log_mean_high, "price_log_mean_low",
-             f"<= price_log_mean_high = {cfg.price_log_mean_high}", cfg.price_log_mean_low)
-    thresholds = list(cfg.rating_thresholds)
-    _require(len(thresholds) == 4 and all(a < b for a, b in zip(thresholds, thresholds[1:])),
-             "rating_thresholds", "4 strictly increasing numbers (cut points between ratings 1..5)",
-             thresholds)
-    _require(1 <= cfg.bad_rating < cfg.good_rating <= 5, "good_rating",
-             f"in {cfg.bad_rating + 1}..5 with 1 <= bad_rating < good_rating", cfg.good_rating)
-    _require(cfg.logs in ("", "obd"), "logs", "'' (a synthetic shop) or 'obd' (fitted to the Open Bandit Dataset)",
-             cfg.logs)
-    if cfg.logs == "obd":
-        _require(cfg.slate_size <= 3, "slate_size", "at most 3 with logs=obd (the logs have three positions)",
-                 cfg.slate_size)
-    _require(isinstance(cfg.device, str) and cfg.device != "", "device",
-             "'auto', 'cpu', 'cuda' or 'cuda:<index>'", cfg.device)
+def validate_env_config(cfg: EnvConfig) -> None:
+    """Check an :class:`EnvConfig` (field rules and cross-field rules); raise :class:`ConfigError`."""
+    check_config(cfg, "env")
 
 
 def env_config_from(cfg: Any = None, **overrides: Any) -> EnvConfig:
@@ -145,23 +320,17 @@ def env_config_from(cfg: Any = None, **overrides: Any) -> EnvConfig:
 
     Unknown keys raise :class:`ConfigError` naming the key and listing the valid ones.
     """
-    known = {f.name for f in fields(EnvConfig)}
-    values: dict[str, Any] = {}
-    if cfg is not None:
-        if isinstance(cfg, EnvConfig):
-            values = {name: getattr(cfg, name) for name in known}
-        else:
-            items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
-            values = {str(k): v for k, v in items if k != "_target_"}
+    if isinstance(cfg, EnvConfig):
+        values = {f.name: getattr(cfg, f.name) for f in fields(EnvConfig)}
+    elif cfg is None:
+        values = {}
+    else:
+        items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
+        values = {str(k): v for k, v in items}
     values.update(overrides)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown env field(s) {unknown}; valid fields are: {sorted(known)}.")
-    if "rating_thresholds" in values:
+    if "rating_thresholds" in values and values["rating_thresholds"] is not None:
         values["rating_thresholds"] = [float(x) for x in values["rating_thresholds"]]
-    env_cfg = EnvConfig(**values)
-    validate_env_config(env_cfg)
-    return env_cfg
+    return build_config(EnvConfig, values, "env")
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -172,7 +341,8 @@ def env_preset(name: str = "default", **overrides: Any) -> EnvConfig:
     """The env config ``conf/env/<name>.yaml`` as an :class:`EnvConfig`, plus ``overrides``.
 
     For library use outside Hydra, e.g. ``Shop(env_preset("tiny", device="cpu"))``. Follows
-    the yaml's ``defaults`` list within the env group, as Hydra composes it.
+    the yaml's ``defaults`` list within the env group as Hydra composes it (a test holds the
+    two to the same result).
     """
     import yaml
 
@@ -184,7 +354,7 @@ def env_preset(name: str = "default", **overrides: Any) -> EnvConfig:
         data = yaml.safe_load(path.read_text()) or {}
         merged: dict[str, Any] = {}
         for parent in data.pop("defaults", []):
-            if isinstance(parent, str) and parent not in ("_self_", "base_env"):
+            if isinstance(parent, str) and parent != "_self_" and not parent.startswith("/"):
                 merged.update(load(parent))
         merged.update(data)
         return merged
@@ -192,84 +362,33 @@ def env_preset(name: str = "default", **overrides: Any) -> EnvConfig:
     return env_config_from(load(name), **overrides)
 
 
-# ----------------------------------------------------------------------------- agents
-@dataclass
-class DQNConfig:
-    """``agent=dqn``; every field is a keyword of :class:`rlrec.agents.dqn.DQNAgent` (documented there)."""
-
-    _target_: str = "rlrec.agents.dqn.DQNAgent"
-    head: str = "dot"
-    history: str = "mean"
-    embed_dim: int = 32
-    hidden_dim: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    gamma: float = 0.95
-    buffer_size: int = 200_000
-    batch_size: int = 512
-    learning_starts: int = 5_000
-    updates_per_step: int = 1
-    target_update_interval: int = 250
-    tau: float = 1.0
-    double_dqn: bool = True
-    loss: str = "huber"
-    max_grad_norm: float = 10.0
-    n_step: int = 1
-    eps_start: float = 1.0
-    eps_end: float = 0.05
-    exploration_steps: int = 200_000
-
-
-@dataclass
-class BanditConfig(DQNConfig):
-    """``agent=bandit``: the DQN's networks predicting the immediate reward (gamma is forced to 0)."""
-
-    _target_: str = "rlrec.agents.baselines.BanditAgent"
-    gamma: float = 0.0
-
-
-@dataclass
-class TabularQConfig:
-    """``agent=tabular_q`` (needs ``env=tiny``); fields of :class:`rlrec.agents.tabular_q.TabularQAgent`."""
-
-    _target_: str = "rlrec.agents.tabular_q.TabularQAgent"
-    lr: float = 0.5
-    lr_min: float = 0.0
-    lr_decay_visits: float = 100.0
-    gamma: float = 1.0
-    eps_start: float = 1.0
-    eps_end: float = 0.5
-    exploration_steps: int = 1_000_000
-
-
-@dataclass
-class RandomConfig:
-    _target_: str = "rlrec.agents.baselines.RandomAgent"
-
-
-@dataclass
-class PopularConfig:
-    _target_: str = "rlrec.agents.baselines.PopularAgent"
-    epsilon: float = 0.1
-
-
-@dataclass
-class MyopicConfig:
-    _target_: str = "rlrec.agents.baselines.MyopicAgent"
-
-
+# ----------------------------------------------------------------------------- training and evaluation
 @dataclass
 class TrainerConfig:
     """``trainer=default``: the collect -> store -> update -> log -> checkpoint loop."""
 
-    env_steps: int = 3000  # batched environment steps (each serves env.num_users users)
-    log_every: int = 50  # environment steps between TensorBoard writes
-    checkpoint_every: int = 250  # environment steps between checkpoints (0: only at the end)
-    eval_users: int = 1024  # users in the final evaluation (one session each)
-    eval_seed: int = 10_000  # seeds the evaluation users: common random numbers across runs
+    env_steps: int = param(3000, ge=1)  # batched environment steps (each serves env.num_users users)
+    log_every: int = param(50, ge=1)  # environment steps between TensorBoard writes (and divergence checks)
+    checkpoint_every: int = param(250, ge=0)  # environment steps between checkpoints (0: only at the end)
+    eval_users: int = param(1024, ge=1)  # users in the final evaluation (one session each)
+    eval_seed: int = param(10_000, ge=0)  # seeds the evaluation users: common random numbers across runs
     eval_baselines: list[str] = field(default_factory=lambda: ["myopic_oracle"])  # also evaluated, same users
     resume: str = "auto"  # "auto": continue from the run directory's checkpoint if any; a path; or "never"
+    # Resuming with a run config that differs from the checkpoint's is refused (the differing
+    # keys are listed); true accepts it and records the change in the checkpoint.
+    allow_config_change: bool = False
     progress: bool = True  # tqdm progress bar
+
+    def check(self, prefix: str = "trainer") -> None:
+        from rlrec.eval.rollout import check_baseline_names
+
+        check_baseline_names(self.eval_baselines, f"{prefix}.eval_baselines")
+        require(
+            self.resume != "",
+            f"{prefix}.resume",
+            self.resume,
+            "'auto', 'never', or the path of a run directory or checkpoint file",
+        )
 
 
 @dataclass
@@ -277,17 +396,54 @@ class LoggerConfig:
     """``logger=tensorboard``."""
 
     tensorboard: bool = True
-    log_dir: str = "tb"  # relative to the run directory
+    log_dir: str = param("tb", text="a non-empty directory name")  # relative to the run directory
+
+    def check(self, prefix: str = "logger") -> None:
+        require(self.log_dir.strip() != "", f"{prefix}.log_dir", self.log_dir, "a non-empty directory name")
+
+
+@dataclass
+class OPEConfig:
+    """Off-policy estimates on logged data (``evaluate.py env=obd``)."""
+
+    n_boot: int = param(1000, ge=1)  # bootstrap resamples for every interval
+    seed: int = param(0, ge=0)  # seeds the bootstrap and the reward model's cross-validation folds
+
+
+@dataclass
+class EvaluateConfig:
+    """``python evaluate.py``: a trained run in the simulator, or policies on logged data (``env=obd``)."""
+
+    run_dir: Optional[str] = None  # the output directory of a train run (holds checkpoint.pt and tb/)
+    checkpoint: Optional[str] = None  # or a checkpoint file
+    eval_users: int = param(2048, ge=1)  # sessions per policy (one per user)
+    eval_seed: int = param(20_000, ge=0)  # the evaluation users: the same for every policy (common random numbers)
+    device: Optional[str] = None  # None: the device the run trained on ("auto" picks CUDA when present)
+    out_dir: Optional[str] = None  # None: the run directory (simulator) or outputs/eval/<date>/<time> (logs)
+    baselines: list[str] = field(default_factory=lambda: ["random", "myopic_oracle"])  # evaluated beside the run
+    ope: OPEConfig = field(default_factory=lambda: OPEConfig())  # env=obd: the off-policy estimates
+    env: Any = None  # the env group: None (a trained run is evaluated in its own shop) or env=obd (logged data)
+
+    def check(self, prefix: str = "") -> None:
+        from rlrec.eval.rollout import check_baseline_names
+
+        check_baseline_names(self.baselines, "baselines")
 
 
 def register_configs() -> None:
-    """Register every schema in Hydra's ConfigStore: ``env/base_env``, ``agent/base_<name>``, ..."""
+    """Register every schema in Hydra's ConfigStore under ``schema/<group>``.
+
+    The yaml files of a group extend their schema (``defaults: [/schema/agent/dqn@_here_]``);
+    keeping the schemas in their own group keeps them out of the options Hydra lists.
+    """
     from hydra.core.config_store import ConfigStore
 
+    from rlrec.agents import AGENTS, agent_schema
+
     cs = ConfigStore.instance()
-    cs.store(group="env", name="base_env", node=EnvConfig)
-    for name, node in [("dqn", DQNConfig), ("bandit", BanditConfig), ("tabular_q", TabularQConfig),
-                       ("random", RandomConfig), ("popular", PopularConfig), ("myopic", MyopicConfig)]:
-        cs.store(group="agent", name=f"base_{name}", node=node)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="schema/env", name="env", node=EnvConfig)
+    for name in AGENTS:
+        cs.store(group="schema/agent", name=name, node=agent_schema(name))
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    cs.store(group="schema", name="evaluate", node=EvaluateConfig)

@@ -28,11 +28,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device = {device!r} was asked for, but this machine has no CUDA device: "
-                              "use device=cpu or device=auto.")
+            raise ConfigError(
+                f"device = {device!r} was asked for, but this machine has no CUDA device: "
+                "use device=cpu or device=auto."
+            )
         if resolved.index is not None and resolved.index >= count:
-            raise ConfigError(f"device = {device!r} does not exist: this machine has {count} CUDA "
-                              f"device(s), cuda:0..cuda:{count - 1}.")
+            raise ConfigError(
+                f"device = {device!r} does not exist: this machine has {count} CUDA "
+                f"device(s), cuda:0..cuda:{count - 1}."
+            )
         return resolved
     raise ConfigError(f"device = {device!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:<index>'.")
 

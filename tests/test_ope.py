@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlrec.data.obd import OBDFormatError, load_obd
-from rlrec.ope import off_policy_estimates, uniform_probs
+from rlrec.eval.ope import off_policy_estimates, uniform_probs
 
 
 def synthetic_logs(n, seed, n_contexts=5, n_items=6):
@@ -39,8 +39,15 @@ def test_ips_and_dr_are_unbiased_and_their_intervals_cover():
         d = synthetic_logs(2000, seed=seed)
         truth = d["truth"]
         noisy_model = (d["q"] + 0.05).clamp(0, 1)[d["x"]]  # a biased reward model: DR must still be unbiased
-        est = off_policy_estimates(d["r"], d["a"], d["logging"][d["x"], d["a"]], d["target"][d["x"]],
-                                   reward_model=noisy_model, n_boot=300, seed=seed)
+        est = off_policy_estimates(
+            d["r"],
+            d["a"],
+            d["logging"][d["x"], d["a"]],
+            d["target"][d["x"]],
+            reward_model=noisy_model,
+            n_boot=300,
+            seed=seed,
+        )
         for name in values:
             values[name].append(est[name].value)
             covered[name] += est[name].ci_low <= truth <= est[name].ci_high
@@ -55,16 +62,30 @@ def test_dr_with_a_perfect_reward_model_has_lower_variance_than_ips():
     """Per-row contributions decide an estimator's variance: compare them on one large log, and the
     spread of the estimates over repeated draws."""
     d = synthetic_logs(50_000, seed=7)
-    est = off_policy_estimates(d["r"], d["a"], d["logging"][d["x"], d["a"]], d["target"][d["x"]],
-                               reward_model=d["q"][d["x"]], n_boot=400, seed=0)
+    est = off_policy_estimates(
+        d["r"],
+        d["a"],
+        d["logging"][d["x"], d["a"]],
+        d["target"][d["x"]],
+        reward_model=d["q"][d["x"]],
+        n_boot=400,
+        seed=0,
+    )
     ips_width = est["ips"].ci_high - est["ips"].ci_low
     dr_width = est["dr"].ci_high - est["dr"].ci_low
     assert dr_width < 0.97 * ips_width
     ips, dr = [], []
     for seed in range(60):
         d = synthetic_logs(2000, seed=100 + seed)
-        e = off_policy_estimates(d["r"], d["a"], d["logging"][d["x"], d["a"]], d["target"][d["x"]],
-                                 reward_model=d["q"][d["x"]], n_boot=20, seed=seed)
+        e = off_policy_estimates(
+            d["r"],
+            d["a"],
+            d["logging"][d["x"], d["a"]],
+            d["target"][d["x"]],
+            reward_model=d["q"][d["x"]],
+            n_boot=20,
+            seed=seed,
+        )
         ips.append(e["ips"].value)
         dr.append(e["dr"].value)
     assert float(torch.tensor(dr).var()) < float(torch.tensor(ips).var())
@@ -74,8 +95,9 @@ def test_dr_with_a_perfect_reward_model_has_lower_variance_than_ips():
 def test_random_policy_value_from_bts_logs_covers_its_on_policy_value(campaign):
     on_policy = float(load_obd(policy="random", campaign=campaign, with_affinity=False).click.mean())
     bts = load_obd(policy="bts", campaign=campaign, with_affinity=False)
-    est = off_policy_estimates(bts.click, bts.action, bts.propensity, uniform_probs(len(bts), bts.n_items),
-                               n_boot=1000, seed=0)
+    est = off_policy_estimates(
+        bts.click, bts.action, bts.propensity, uniform_probs(len(bts), bts.n_items), n_boot=1000, seed=0
+    )
     for name in ("ips", "snips"):
         assert est[name].ci_low <= on_policy <= est[name].ci_high, (name, est[name], on_policy)
 
@@ -142,6 +164,40 @@ def test_empty_cell_names_file_line_and_column(tmp_path):
         load_obd(_copy_sample(tmp_path, empty_click), block_size=1 << 16)
 
 
+def test_a_click_that_is_not_0_or_1_names_file_line_and_column(tmp_path):
+    def seven(lines):
+        header = lines[0].split(",")
+        cells = lines[41].split(",")
+        cells[header.index("click")] = "7"
+        lines[41] = ",".join(cells)
+        return lines
+
+    with pytest.raises(OBDFormatError, match=r"men\.csv, line 42, column 'click': 7 is not 0 or 1"):
+        load_obd(_copy_sample(tmp_path, seven))
+
+
+def test_a_file_with_only_a_header_is_refused_at_once(tmp_path):
+    with pytest.raises(OBDFormatError, match="has a header but no data rows"):
+        load_obd(_copy_sample(tmp_path, lambda lines: lines[:1]))
+
+
+def test_an_item_price_that_is_not_a_number_is_named(tmp_path):
+    import gzip
+
+    root = _copy_sample(tmp_path, lambda lines: lines)
+    item_path = root / "random" / "men" / "item_context.csv.gz"
+    with gzip.open(item_path, "rt") as f:
+        lines = f.read().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index("item_feature_0")] = "cheap"
+    lines[3] = ",".join(cells)
+    item_path.unlink()
+    (item_path.parent / "item_context.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(OBDFormatError, match=r"item_context\.csv, line 4, column 'item_feature_0': 'cheap'"):
+        load_obd(root)
+
+
 @pytest.mark.parametrize("block_size", [1 << 14, 1 << 20])
 def test_small_blocks_and_a_missing_final_newline_load_the_same_rows(tmp_path, block_size):
     """Outputs are preallocated from a line count; a file without a final newline must not lose its last row."""
@@ -181,11 +237,17 @@ def synthetic_click_logs(n, seed, n_items=20):
     action, position = torch.randint(n_items, (n,), generator=g), torch.randint(3, (n,), generator=g)
     logit = -4.0 + item_effect[action] + position_effect[position] + user_effect[users[:, 0]]
     click = (torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(logit)).float()
-    data = LoggedData(action=action, position=position, click=click,
-                      propensity=torch.full((n,), 1.0 / n_items, dtype=torch.float64), user_features=users,
-                      affinity=None, item_price=torch.zeros(n_items), item_categories=torch.zeros(n_items, 3,
-                                                                                                 dtype=torch.long),
-                      user_vocab=[[str(v) for v in range(3)]] * 4)
+    data = LoggedData(
+        action=action,
+        position=position,
+        click=click,
+        propensity=torch.full((n,), 1.0 / n_items, dtype=torch.float64),
+        user_features=users,
+        affinity=None,
+        item_price=torch.zeros(n_items),
+        item_categories=torch.zeros(n_items, 3, dtype=torch.long),
+        user_vocab=[[str(v) for v in range(3)]] * 4,
+    )
     return data, item_effect, position_effect, user_effect
 
 
@@ -199,7 +261,7 @@ def test_click_model_beats_both_baselines_where_clicks_have_structure():
         assert report[baseline]["log_loss_vs_click_model_ci"][0] > 0, (baseline, report[baseline])
     assert report["click_model"]["auc"] > report["per_item"]["auc"] > 0.55
     model = fit_click_model(data, l2=1.0)
-    centred = lambda t: t - t.mean()  # noqa: E731 (only differences between levels are identified)
+    centred = lambda t: t - t.mean()
     assert torch.corrcoef(torch.stack([centred(model.item), item_effect]))[0, 1] > 0.9
     torch.testing.assert_close(centred(model.position), position_effect, atol=0.15, rtol=0)
     torch.testing.assert_close(centred(model.user[0]), user_effect, atol=0.15, rtol=0)
@@ -226,5 +288,7 @@ def test_pooling_logs_of_different_catalogues_is_refused():
     from rlrec.data.click_model import pool_logs
 
     with pytest.raises(ValueError, match="catalogues differ"):
-        pool_logs(load_obd(policy="random", campaign="men", with_affinity=False),
-                  load_obd(policy="random", campaign="women", with_affinity=False))
+        pool_logs(
+            load_obd(policy="random", campaign="men", with_affinity=False),
+            load_obd(policy="random", campaign="women", with_affinity=False),
+        )

@@ -4,15 +4,14 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES
 
 from rlrec.config import ConfigError, env_config_from, env_preset
-from rlrec.evaluation import run_sessions
+from rlrec.eval.rollout import run_sessions
 from rlrec.sim import response
 from rlrec.sim.describe import describe
 from rlrec.sim.env import Shop, random_slates, sample_categorical
-from rlrec.sim.privileged import myopic_slate, quality_aware_slate
-
-from conftest import DEVICES
+from rlrec.sim.privileged import Yardstick
 
 
 def test_step_shapes_and_ranges(small_shop):
@@ -57,8 +56,9 @@ def test_history_records_the_response(small_shop):
 
 
 def test_sessions_end_at_the_horizon():
-    shop = Shop(env_preset("default", device="cpu", num_users=32, leave_prob_unhappy=0.0, leave_prob_happy=0.0,
-                           horizon=4))
+    shop = Shop(
+        env_preset("default", device="cpu", num_users=32, leave_prob_unhappy=0.0, leave_prob_happy=0.0, horizon=4)
+    )
     shop.reset(seed=0)
     for t in range(1, 9):
         _, _, done, info = shop.step(shop.random_slate())
@@ -140,6 +140,7 @@ def test_compile_failure_names_the_switch(monkeypatch):
     def broken_compile(fn, **kwargs):
         def run(*args):
             raise BackendCompilerFailed("no C++ compiler found")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -190,17 +191,20 @@ def test_wrong_slate_shape_is_refused(small_shop):
         small_shop.step(torch.zeros(64, 5))
 
 
-@pytest.mark.parametrize("field, value, allowed", [
-    ("w_purchase", -1.0, ">= 0"),
-    ("w_rating", -0.5, ">= 0"),
-    ("leave_prob_unhappy", 1.5, r"probability in \[0, 1\]"),
-    ("ignore_penalty_prob", -0.1, r"probability in \[0, 1\]"),
-    ("interest_drift", 2.0, r"probability in \[0, 1\]"),
-    ("fit_weight", -3.0, ">= 0"),
-    ("n_items", 0, "integer >= 1"),
-    ("rating_thresholds", [3.0, 2.0, 1.0, 0.0], "increasing"),
-    ("initial_satisfaction", 9, "0..4"),
-])
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("w_purchase", -1.0, ">= 0"),
+        ("w_rating", -0.5, ">= 0"),
+        ("leave_prob_unhappy", 1.5, r"probability in \[0, 1\]"),
+        ("ignore_penalty_prob", -0.1, r"probability in \[0, 1\]"),
+        ("interest_drift", 2.0, r"probability in \[0, 1\]"),
+        ("fit_weight", -3.0, ">= 0"),
+        ("n_items", 0, "integer >= 1"),
+        ("rating_thresholds", [3.0, 2.0, 1.0, 0.0], "increasing"),
+        ("initial_satisfaction", 9, "0..4"),
+    ],
+)
 def test_invalid_values_name_the_field(field, value, allowed):
     with pytest.raises(ConfigError, match=rf"env\.{field} = .*{allowed}"):
         env_preset("default", **{field: value})
@@ -223,28 +227,29 @@ def test_unknown_device_is_refused():
 def test_long_horizon_rule_beats_myopic_on_the_default_shop():
     """RL is needed: a quality-aware rule beats the myopic oracle, 95% CIs apart."""
     shop = Shop(env_preset("default", device="cpu", num_users=1024))
-    myopic = run_sessions(shop, myopic_slate, seed=0, privileged=True).summary()["return"]
-    patient = run_sessions(shop, quality_aware_slate, seed=0, privileged=True).summary()["return"]
+    myopic = run_sessions(shop, Yardstick("myopic_oracle", shop), seed=0).summary()["episodic_return"]
+    patient = run_sessions(shop, Yardstick("quality_aware", shop), seed=0).summary()["episodic_return"]
     assert patient["mean"] - patient["ci95"] > myopic["mean"] + myopic["ci95"]
     assert patient["mean"] > 1.5 * myopic["mean"]
 
 
 def test_describe_reports_plausible_defaults():
     report = describe(env_preset("default", device="cpu"), num_users=512)
-    random, myopic = report["random"], report["myopic"]
-    assert 0.15 < random["clicks_per_slate"] < 0.5
-    assert 0.15 < random["purchases_per_click"] < 0.6
-    assert myopic["clicks_per_slate"] > random["clicks_per_slate"]
-    assert 4.0 < random["session_length"] < 12.0
-    shares = [random[f"rating_{r}_share"] for r in range(1, 6)]
+    random, myopic = report["random"], report["myopic_oracle"]
+    assert 0.15 < random["ctr"]["mean"] < 0.5
+    assert 0.15 < random["purchases_per_click"]["mean"] < 0.6
+    assert myopic["ctr"]["mean"] > random["ctr"]["mean"]
+    assert 4.0 < random["episode_length"]["mean"] < 12.0
+    shares = random["rating_share"]
     assert abs(sum(shares) - 1.0) < 1e-9 and max(shares) == shares[4]  # J-shaped: 5 stars is the mode
-    assert report["quality_aware"]["mean_rating"] > myopic["mean_rating"] + 1.0
+    assert report["quality_aware"]["avg_rating"]["mean"] > myopic["avg_rating"]["mean"] + 1.0
 
 
 # ----------------------------------------------------------------------------- gymnasium
 def test_single_user_env_passes_gymnasium_checker():
-    import rlrec.sim.gym  # noqa: F401  (registers the id)
     from gymnasium.utils.env_checker import check_env
+
+    import rlrec.sim.gym  # noqa: F401  (registers the id)
 
     env = gymnasium.make("rlrec/Shop-v0", n_items=50).unwrapped
     check_env(env, skip_render_check=True)
@@ -253,11 +258,13 @@ def test_single_user_env_passes_gymnasium_checker():
 
 
 def test_vector_env_rollout():
-    import rlrec.sim.gym  # noqa: F401
     from gymnasium.vector import AutoresetMode
 
-    envs = gymnasium.make_vec("rlrec/Shop-v0", num_envs=16, vectorization_mode="vector_entry_point",
-                              n_items=50, horizon=5)
+    import rlrec.sim.gym  # noqa: F401
+
+    envs = gymnasium.make_vec(
+        "rlrec/Shop-v0", num_envs=16, vectorization_mode="vector_entry_point", n_items=50, horizon=5
+    )
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     obs, _ = envs.reset(seed=0)
     envs.action_space.seed(0)
@@ -327,11 +334,13 @@ def test_fitted_shop_clicks_with_the_fitted_model(obd_shop):
     model = obd_click_model(obd_shop.cfg)
     cfg, cat = obd_shop.cfg, obd_shop.catalog
     items = torch.arange(obd_shop.n_items)
-    utilities = response.click_utilities(torch.zeros(len(items), 1), cat.hype[items].unsqueeze(1),
-                                         obd_shop._slot_bias, cfg)
+    utilities = response.click_utilities(
+        torch.zeros(len(items), 1), cat.hype[items].unsqueeze(1), obd_shop._slot_bias, cfg
+    )
     shop_prob = response.click_probs(utilities, cfg)[:, 1].double()
-    fitted = torch.sigmoid(model.logits(torch.zeros(len(items), 0, dtype=torch.long), items,
-                                        torch.zeros(len(items), dtype=torch.long)))
+    fitted = torch.sigmoid(
+        model.logits(torch.zeros(len(items), 0, dtype=torch.long), items, torch.zeros(len(items), dtype=torch.long))
+    )
     torch.testing.assert_close(shop_prob, fitted, rtol=1e-5, atol=1e-7)
     clicks, shows = torch.zeros(obd_shop.n_items), torch.zeros(obd_shop.n_items)
     for _ in range(150):

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import solved_tiny_shop
 
 from rlrec.config import ConfigError, env_preset
-from rlrec.evaluation import run_sessions
+from rlrec.eval.rollout import run_sessions
 from rlrec.sim.env import Shop
 from rlrec.sim.tabular import build_tabular_mdp, evaluate_policy, greedy, myopic_policy, start_value, value_iteration
-
-from conftest import solved_tiny_shop
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,9 @@ def test_simulator_samples_the_enumerated_mdp(tiny):
         a = torch.randint(mdp.n_actions, (shop.num_users,), generator=gen)
         obs, reward, done, info = shop.step(a.unsqueeze(-1))
         s_next = torch.where(done, torch.full_like(s, mdp.terminal), _state_index(shop, mdp, info["final_obs"]))
-        counts.index_put_((s * mdp.n_actions + a, cell(s_next, reward)), torch.ones(s.numel(), dtype=torch.float64),
-                          accumulate=True)
+        counts.index_put_(
+            (s * mdp.n_actions + a, cell(s_next, reward)), torch.ones(s.numel(), dtype=torch.float64), accumulate=True
+        )
         n += s.numel()
 
     expected_law = torch.zeros(mdp.n_states * mdp.n_actions, n_cells, dtype=torch.float64)
@@ -67,8 +67,9 @@ def test_simulator_samples_the_enumerated_mdp(tiny):
     chi2 = float((((counts - expected) ** 2) / expected)[big].sum())
     # Degrees of freedom: cells used minus one per (s, a) row that has any.
     dof = int(big.sum() - (big.any(-1)).sum())
-    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                            torch.tensor(chi2 / 2, dtype=torch.float64)))
+    p_value = float(
+        torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(chi2 / 2, dtype=torch.float64))
+    )
     assert dof > 100
     assert p_value > 1e-3, f"chi2 = {chi2:.1f} on {dof} dof, p = {p_value:.2e}"
     # And cell by cell: every well-populated cell within 4.5 standard errors.

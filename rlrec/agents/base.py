@@ -1,17 +1,31 @@
-"""The one small protocol every policy follows, and the transition it observes."""
+"""What every agent shares: the spec it is built from, the protocol it follows, the transition it takes in.
+
+Every agent, learned or not, has one constructor shape::
+
+    Agent(spec: AgentSpec, *, seed: int = 0, device: str = "auto", **hyperparameters)
+
+``spec`` is what the shop exposes to an agent (catalog features, feature sizes, slate size,
+batch size); the hyperparameters are the fields of the agent's ``Config`` dataclass, which
+holds their defaults and documents them. :func:`rlrec.agents.build_agent` builds any agent
+from a Hydra config; :class:`AgentBase` turns the keyword arguments into the checked config.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from rlrec.config import ConfigError, build_config
 from rlrec.sim.env import Observation, StepResult
+from rlrec.utils import make_generator, resolve_device
 
 Transition = dict[str, Any]
 """One environment step of B users: ``obs``, ``slate`` [B, K], ``action`` [B] (the item acted
-on: the clicked one, or the first shown when the slate was ignored), ``reward`` [B],
-``next_obs`` (the true successor, before any reset), ``done`` [B], ``purchase`` [B]."""
+on: the clicked one, or the first shown when the slate was ignored), ``choice`` [B] (the slot
+clicked, -1 for none), ``reward`` [B], ``next_obs`` (the true successor, before any reset),
+``done`` [B], ``purchase`` [B]."""
 
 
 def make_transition(obs: Observation, slate: torch.Tensor, result: StepResult) -> Transition:
@@ -20,11 +34,51 @@ def make_transition(obs: Observation, slate: torch.Tensor, result: StepResult) -
         "obs": obs,
         "slate": slate,
         "action": result.info["item"],
+        "choice": result.info["choice"],
         "reward": result.reward,
         "next_obs": result.info["final_obs"],
         "done": result.done,
         "purchase": result.info["purchase"],
     }
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the shop shows an agent: sizes and the observable item features, never hidden traits."""
+
+    n_items: int  # N, catalog size
+    slate_size: int  # K, items per slate
+    num_users: int  # B, rows per environment step (sizes replay buffers)
+    user_feature_sizes: tuple[int, ...]  # categories of each user feature column (age band, gender, region)
+    history_len: int  # H, recent (item, response) pairs in the observation
+    horizon: int  # session length cap; the observed step count runs 0..horizon
+    observe_satisfaction: bool  # the observation carries ``satisfaction``
+    satisfaction_levels: int  # L, its levels (when observed)
+    n_categories: int
+    n_brands: int
+    item_category: torch.Tensor  # [N] long
+    item_brand: torch.Tensor  # [N] long
+    item_price: torch.Tensor  # [N] float
+
+    @classmethod
+    def from_shop(cls, shop: Any, num_users: int | None = None) -> AgentSpec:
+        """The spec of a :class:`~rlrec.sim.env.Shop` (``num_users``: rows per step, default the shop's)."""
+        cfg, catalog = shop.cfg, shop.catalog
+        return cls(
+            n_items=cfg.n_items,
+            slate_size=cfg.slate_size,
+            num_users=cfg.num_users if num_users is None else num_users,
+            user_feature_sizes=tuple(cfg.user_feature_sizes),
+            history_len=cfg.history_len,
+            horizon=cfg.horizon,
+            observe_satisfaction=cfg.observe_satisfaction,
+            satisfaction_levels=cfg.satisfaction_levels,
+            n_categories=cfg.n_categories,
+            n_brands=cfg.n_brands,
+            item_category=catalog.category,
+            item_brand=catalog.brand,
+            item_price=catalog.price,
+        )
 
 
 @runtime_checkable
@@ -52,6 +106,60 @@ class Agent(Protocol):
         """Restore from :meth:`state_dict`."""
 
 
+@dataclass
+class NoHyperparameters:
+    """The ``Config`` of an agent without hyperparameters."""
+
+
+class AgentBase:
+    """The constructor every agent shares: spec, seed, device and the checked hyperparameters.
+
+    Subclasses set ``Config`` (their hyperparameter dataclass: defaults and comments live
+    there, once) and may override :meth:`check_spec` to refuse a shop they cannot serve.
+    After ``super().__init__`` the agent has ``spec``, ``device``, ``seed``, ``hp`` (the
+    config) and ``generator`` (exploration randomness on the agent's device).
+    """
+
+    Config: ClassVar[type] = NoHyperparameters
+    learns: ClassVar[bool] = True  # False for fixed policies (they may serve as evaluation baselines)
+
+    def __init__(self, spec: AgentSpec, *, seed: int = 0, device: str = "auto", **hyperparameters: Any) -> None:
+        self.spec, self.seed, self.device = spec, seed, resolve_device(device)
+        self.hp = build_config(self.Config, hyperparameters, "agent")
+        self.check_spec(spec)
+        self.generator = make_generator(seed, self.device)
+
+    def check_spec(self, spec: AgentSpec) -> None:
+        """Raise :class:`ConfigError` if this agent cannot serve the shop described by ``spec``."""
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The agent's hyperparameters as a plain dict (for logging and tests)."""
+        return {f.name: getattr(self.hp, f.name) for f in fields(self.hp)}
+
+    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
+        """A deterministic greedy policy's probabilities: all mass on the item its slate shows in ``slot``."""
+        return slate_probs(self.act(obs), slot, self.spec.n_items)
+
+    def observe(self, transition: Transition) -> None:
+        pass
+
+    def update(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def require_spec(condition: bool, what: str, fix: str) -> None:
+    """Raise :class:`ConfigError` ``this agent needs <what>; <fix>`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"this agent needs {what}; {fix}.")
+
+
 def slate_probs(slate: torch.Tensor, slot: torch.Tensor | None, n_items: int) -> torch.Tensor:
     """[B, N] float64: a deterministic policy's ``action_probs``, all mass on the item its slate
     [B, K] shows in ``slot`` [B] (default 0; slots past K read the last one)."""
@@ -74,7 +182,9 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
     return start + (end - start) * min(t / duration, 1.0)
 
 
-def explore_rows(greedy: torch.Tensor, random: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+def explore_rows(
+    greedy: torch.Tensor, random: torch.Tensor, epsilon: float, generator: torch.Generator
+) -> torch.Tensor:
     """Each row of ``greedy`` [B, K] replaced by the row of ``random`` with probability ``epsilon``."""
     pick = torch.rand(greedy.shape[0], generator=generator, device=greedy.device) < epsilon
     return torch.where(pick.unsqueeze(-1), random, greedy)

@@ -16,64 +16,71 @@ the pair before this one (a batch's mean TD error is one, less noisy, sample); n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rlrec.agents.base import Transition, explore_rows, linear_schedule, slate_probs
-from rlrec.config import EnvConfig
+from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule, require_spec
+from rlrec.config import param, probability
 from rlrec.sim.env import Observation, random_slates
 from rlrec.sim.tabular import n_tabular_states, tabular_state_index
-from rlrec.utils import make_generator, resolve_device
 
 
-class TabularQAgent:
-    """Q-learning over the tiny shop's discrete states (K = 1).
+@dataclass
+class TabularQConfig:
+    """Hyperparameters of :class:`TabularQAgent` (``agent=tabular_q``)."""
 
-    Args:
-        env_cfg: config of an enumerable shop (``env=tiny``).
-        lr: learning rate at the first visit.
-        lr_min: floor of the learning rate.
-        lr_decay_visits: updates of a pair after which its rate has halved (0: constant rate).
-        gamma: discount (1.0 is fine: sessions end by the horizon).
-        eps_start, eps_end, exploration_steps: linear epsilon schedule over transitions.
-        dtype: of the table (float64 for the oracle checks).
-        seed, device: exploration generator and placement.
-    """
+    lr: float = param(0.5, gt=0, le=1)  # learning rate at the first visit of a pair
+    lr_min: float = param(0.0, ge=0, le=1)  # floor of the learning rate
+    lr_decay_visits: float = param(100.0, ge=0)  # updates of a pair after which its rate has halved (0: constant)
+    gamma: float = param(1.0, ge=0, le=1)  # discount (1.0 is fine: sessions end by the horizon)
+    eps_start: float = probability(1.0)  # linear epsilon schedule over transitions: start,
+    eps_end: float = probability(0.5)  # end,
+    exploration_steps: int = param(1_000_000, ge=0)  # and its length in transitions
+    dtype: str = param("float64", choices=("float64", "float32"))  # of the table (float64 for the oracle checks)
 
-    def __init__(self, env_cfg: EnvConfig, *, lr: float = 0.5, lr_min: float = 0.0, lr_decay_visits: float = 50.0,
-                 gamma: float = 1.0, eps_start: float = 1.0, eps_end: float = 0.1, exploration_steps: int = 200_000,
-                 dtype: torch.dtype = torch.float64, seed: int = 0, device: str = "cpu") -> None:
-        if env_cfg.slate_size != 1:
-            raise ValueError("TabularQAgent needs env.slate_size = 1 (use env=tiny).")
-        self.env_cfg = env_cfg
-        self.lr, self.lr_min, self.lr_decay_visits, self.gamma = lr, lr_min, lr_decay_visits, gamma
-        self.eps_start, self.eps_end, self.exploration_steps = eps_start, eps_end, exploration_steps
-        self.device = resolve_device(device)
-        n_states = n_tabular_states(env_cfg)
-        self.q = torch.zeros(n_states, env_cfg.n_items, dtype=dtype, device=self.device)
-        self.visits = torch.zeros(n_states, env_cfg.n_items, dtype=dtype, device=self.device)
+
+class TabularQAgent(AgentBase):
+    """Q-learning over the enumerable shop's discrete states, one item per step (hyperparameters:
+    :class:`TabularQConfig`). ``seed`` seeds exploration."""
+
+    Config = TabularQConfig
+
+    def __init__(self, spec: AgentSpec, *, seed: int = 0, device: str = "auto", **hyperparameters: Any) -> None:
+        super().__init__(spec, seed=seed, device=device, **hyperparameters)
+        n_states, dtype = n_tabular_states(spec), getattr(torch, self.hp.dtype)
+        self.q = torch.zeros(n_states, spec.n_items, dtype=dtype, device=self.device)
+        self.visits = torch.zeros(n_states, spec.n_items, dtype=dtype, device=self.device)
         self.terminal = n_states - 1
-        self.generator = make_generator(seed, self.device)
         self.transitions_seen = 0
         self._pending: Transition | None = None
 
+    def check_spec(self, spec: AgentSpec) -> None:
+        fix = "use env=tiny (python train.py experiment=tiny_oracle agent=tabular_q)"
+        require_spec(spec.slate_size == 1, f"one item per step (env.slate_size=1), not {spec.slate_size}", fix)
+        require_spec(spec.observe_satisfaction, "the satisfaction observed (env.observe_satisfaction=true)", fix)
+        states = n_tabular_states(spec)
+        require_spec(
+            states * spec.n_items <= 50_000_000,
+            f"a table small enough to hold ({states} states x {spec.n_items} items here)",
+            fix,
+        )
+
     @property
     def epsilon(self) -> float:
-        return linear_schedule(self.eps_start, self.eps_end, self.exploration_steps, self.transitions_seen)
+        hp = self.hp
+        return linear_schedule(hp.eps_start, hp.eps_end, hp.exploration_steps, self.transitions_seen)
 
     def state(self, obs: Observation) -> torch.Tensor:
-        return tabular_state_index(obs, self.env_cfg)
+        return tabular_state_index(obs, self.spec)
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         greedy = self.q[self.state(obs)].argmax(dim=1, keepdim=True)
         if not explore:
             return greedy
-        random = random_slates(greedy.shape[0], self.env_cfg.n_items, 1, self.generator)
+        random = random_slates(greedy.shape[0], self.spec.n_items, 1, self.generator)
         return explore_rows(greedy, random, self.epsilon, self.generator)
-
-    def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
-        return slate_probs(self.act(obs), slot, self.env_cfg.n_items)
 
     def observe(self, transition: Transition) -> None:
         self._pending = transition
@@ -86,28 +93,39 @@ class TabularQAgent:
         next_state = torch.where(t["done"], torch.full_like(t["action"], self.terminal), self.state(t["next_obs"]))
         return self.learn(self.state(t["obs"]), t["action"], t["reward"], next_state, t["done"])
 
-    def learn(self, state: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_state: torch.Tensor,
-              done: torch.Tensor) -> dict[str, torch.Tensor]:
+    def learn(
+        self,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_state: torch.Tensor,
+        done: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """The batched update described in the module docstring."""
-        q = self.q
-        target = reward.to(q.dtype) + self.gamma * (~done).to(q.dtype) * q[next_state].max(dim=1).values
+        q, hp = self.q, self.hp
+        target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * q[next_state].max(dim=1).values
         td_error = target - q[state, action]
         flat = state * q.shape[1] + action
         hits = torch.zeros(q.numel(), dtype=q.dtype, device=q.device).index_add_(0, flat, torch.ones_like(td_error))
         summed = torch.zeros_like(hits).index_add_(0, flat, td_error)
         visited = hits > 0
         visits = self.visits.view(-1)
-        alpha = self.lr / (1.0 + visits / self.lr_decay_visits) if self.lr_decay_visits > 0 else torch.full_like(
-            visits, self.lr)
-        alpha = alpha.clamp_min(self.lr_min)
+        alpha = (
+            hp.lr / (1.0 + visits / hp.lr_decay_visits) if hp.lr_decay_visits > 0 else torch.full_like(visits, hp.lr)
+        )
+        alpha = alpha.clamp_min(hp.lr_min)
         step = torch.where(visited, alpha * summed / hits.clamp_min(1), torch.zeros_like(summed))
         q.view(-1).add_(step)
         visits.add_(visited.to(visits.dtype))
         return {"td_error": td_error.abs().mean()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q, "visits": self.visits, "transitions_seen": self.transitions_seen,
-                "generator": self.generator.get_state()}
+        return {
+            "q": self.q,
+            "visits": self.visits,
+            "transitions_seen": self.transitions_seen,
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q.copy_(state["q"])

@@ -40,8 +40,9 @@ class ClickModel(nn.Module):
         self.user = nn.ParameterList(nn.Parameter(torch.zeros(c, dtype=torch.float64)) for c in user_cardinalities)
         self.affinity_weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
 
-    def item_logits(self, user_features: torch.Tensor, position: torch.Tensor,
-                    affinity: torch.Tensor | None = None) -> torch.Tensor:
+    def item_logits(
+        self, user_features: torch.Tensor, position: torch.Tensor, affinity: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[n, N] click logit of every item for each context (user features [n, 4], position [n])."""
         context = self.bias + self.position[position]
         for column, effect in enumerate(self.user):
@@ -51,8 +52,13 @@ class ClickModel(nn.Module):
             logits = logits + self.affinity_weight * torch.log1p(affinity.double())
         return logits
 
-    def logits(self, user_features: torch.Tensor, items: torch.Tensor, position: torch.Tensor,
-               shown_affinity: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        user_features: torch.Tensor,
+        items: torch.Tensor,
+        position: torch.Tensor,
+        shown_affinity: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """[n] click logit of the shown ``items`` [n]."""
         context = self.bias + self.position[position] + self.item[items]
         for column, effect in enumerate(self.user):
@@ -63,9 +69,9 @@ class ClickModel(nn.Module):
 
     def penalty(self, l2: float, user_l2_scale: float) -> torch.Tensor:
         """The negative log prior (up to a constant)."""
-        effects = (self.item ** 2).sum() + (self.position ** 2).sum() + (self.affinity_weight ** 2).sum()
+        effects = (self.item**2).sum() + (self.position**2).sum() + (self.affinity_weight**2).sum()
         if len(self.user):
-            effects = effects + user_l2_scale * sum((effect ** 2).sum() for effect in self.user)
+            effects = effects + user_l2_scale * sum((effect**2).sum() for effect in self.user)
         return l2 * effects
 
 
@@ -87,8 +93,10 @@ def pool_logs(*datasets: LoggedData) -> LoggedData:
     first = datasets[0]
     for d in datasets[1:]:
         if d.n_items != first.n_items or not torch.equal(d.item_categories, first.item_categories):
-            raise ValueError(f"cannot pool {d.policy}/{d.campaign} with {first.policy}/{first.campaign}: "
-                             "their item catalogues differ (pool logs of one campaign).")
+            raise ValueError(
+                f"cannot pool {d.policy}/{d.campaign} with {first.policy}/{first.campaign}: "
+                "their item catalogues differ (pool logs of one campaign)."
+            )
     vocab: list[dict[str, int]] = [{} for _ in range(first.user_features.shape[1])]
     recoded = []
     for d in datasets:
@@ -99,12 +107,18 @@ def pool_logs(*datasets: LoggedData) -> LoggedData:
         recoded.append(torch.stack(columns, 1))
     with_affinity = all(d.affinity is not None for d in datasets)
     return LoggedData(
-        action=torch.cat([d.action for d in datasets]), position=torch.cat([d.position for d in datasets]),
-        click=torch.cat([d.click for d in datasets]), propensity=torch.cat([d.propensity for d in datasets]),
+        action=torch.cat([d.action for d in datasets]),
+        position=torch.cat([d.position for d in datasets]),
+        click=torch.cat([d.click for d in datasets]),
+        propensity=torch.cat([d.propensity for d in datasets]),
         user_features=torch.cat(recoded),
         affinity=torch.cat([d.affinity for d in datasets]) if with_affinity else None,
-        item_price=first.item_price, item_categories=first.item_categories,
-        user_vocab=[list(v) for v in vocab], policy="+".join(d.policy for d in datasets), campaign=first.campaign)
+        item_price=first.item_price,
+        item_categories=first.item_categories,
+        user_vocab=[list(v) for v in vocab],
+        policy="+".join(d.policy for d in datasets),
+        campaign=first.campaign,
+    )
 
 
 def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
@@ -146,15 +160,21 @@ def _fit(data: LoggedData, rows: torch.Tensor, l2: float, user_l2_scale: float) 
     rate = float(target.mean().clamp(1e-4, 1 - 1e-4))
     model = ClickModel(data.n_items, cards, base_rate=rate)
     affinity = shown_affinity(data)
-    inputs = (data.user_features[rows], data.action[rows], data.position[rows],
-              None if affinity is None else affinity[rows])
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=300, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    inputs = (
+        data.user_features[rows],
+        data.action[rows],
+        data.position[rows],
+        None if affinity is None else affinity[rows],
+    )
+    opt = torch.optim.LBFGS(
+        model.parameters(), max_iter=300, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = (nn.functional.binary_cross_entropy_with_logits(model.logits(*inputs), target, reduction="sum")
-                + model.penalty(l2, user_l2_scale))
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            model.logits(*inputs), target, reduction="sum"
+        ) + model.penalty(l2, user_l2_scale)
         loss.backward()
         return loss
 
@@ -165,12 +185,24 @@ def _fit(data: LoggedData, rows: torch.Tensor, l2: float, user_l2_scale: float) 
 def predict(model: ClickModel, data: LoggedData, rows: torch.Tensor) -> torch.Tensor:
     """[len(rows)] click probability of the logged rows' shown items."""
     affinity = shown_affinity(data)
-    return torch.sigmoid(model.logits(data.user_features[rows], data.action[rows], data.position[rows],
-                                      None if affinity is None else affinity[rows]))
+    return torch.sigmoid(
+        model.logits(
+            data.user_features[rows],
+            data.action[rows],
+            data.position[rows],
+            None if affinity is None else affinity[rows],
+        )
+    )
 
 
-def fit_click_model(data: LoggedData, rows: torch.Tensor | None = None, l2: float | None = None,
-                    user_l2_scale: float = 10.0, folds: int = 5, seed: int = 0) -> ClickModel:
+def fit_click_model(
+    data: LoggedData,
+    rows: torch.Tensor | None = None,
+    l2: float | None = None,
+    user_l2_scale: float = 10.0,
+    folds: int = 5,
+    seed: int = 0,
+) -> ClickModel:
     """Fit a :class:`ClickModel` on ``data``'s ``rows`` (default: all).
 
     Args:
@@ -181,8 +213,14 @@ def fit_click_model(data: LoggedData, rows: torch.Tensor | None = None, l2: floa
     """
     rows = torch.arange(len(data)) if rows is None else rows
     if l2 is None:
-        l2 = _choose_by_cv(data, rows, L2_GRID, folds, seed, lambda train, fold, strength: predict(
-            _fit(data, train, strength, user_l2_scale), data, fold))
+        l2 = _choose_by_cv(
+            data,
+            rows,
+            L2_GRID,
+            folds,
+            seed,
+            lambda train, fold, strength: predict(_fit(data, train, strength, user_l2_scale), data, fold),
+        )
     model = _fit(data, rows, l2, user_l2_scale)
     model.l2 = l2
     return model
@@ -197,28 +235,38 @@ def _per_item_rate(data: LoggedData, rows: torch.Tensor, prior_strength: float) 
 
 
 def _fit_per_item(data: LoggedData, rows: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    strength = _choose_by_cv(data, rows, PRIOR_STRENGTH_GRID, folds, seed, lambda train, fold, strength: (
-        _per_item_rate(data, train, strength)[data.action[fold]]))
+    strength = _choose_by_cv(
+        data,
+        rows,
+        PRIOR_STRENGTH_GRID,
+        folds,
+        seed,
+        lambda train, fold, strength: _per_item_rate(data, train, strength)[data.action[fold]],
+    )
     return _per_item_rate(data, rows, strength)
 
 
-def _choose_by_cv(data: LoggedData, rows: torch.Tensor, grid: tuple[float, ...], folds: int, seed: int,
-                  predict_fold) -> float:
+def _choose_by_cv(
+    data: LoggedData, rows: torch.Tensor, grid: tuple[float, ...], folds: int, seed: int, predict_fold
+) -> float:
     """The value of ``grid`` with the least held-out log-loss over ``folds`` folds of ``rows``.
 
     ``predict_fold(train_rows, fold_rows, value)`` returns click probabilities for ``fold_rows``.
     """
+
     def held_out_loss(value: float) -> float:
         total = 0.0
         for fold in _folds(rows, folds, seed + 1):
             train = rows[~torch.isin(rows, fold)]
             total += float(_row_log_loss(predict_fold(train, fold, value), data.click[fold]).sum())
         return total
+
     return min(grid, key=held_out_loss)
 
 
-def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int = 1000,
-                   user_l2_scale: float = 10.0) -> dict[str, dict]:
+def cross_validate(
+    data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int = 1000, user_l2_scale: float = 10.0
+) -> dict[str, dict]:
     """Held-out log-loss and AUC of the click model, a constant rate and a per-item rate.
 
     Every row is predicted by models fitted on the other folds (their hyperparameters chosen
@@ -226,7 +274,9 @@ def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int 
     baseline's log-loss minus the model's, with a paired bootstrap 95% interval: above zero
     means the model predicts better.
     """
-    predictions = {name: torch.empty(len(data), dtype=torch.float64) for name in ("constant", "per_item", "click_model")}
+    predictions = {
+        name: torch.empty(len(data), dtype=torch.float64) for name in ("constant", "per_item", "click_model")
+    }
     chosen_l2 = []
     every_row = torch.arange(len(data))
     for fold in _folds(every_row, folds, seed):
@@ -244,9 +294,14 @@ def cross_validate(data: LoggedData, folds: int = 5, seed: int = 0, n_boot: int 
         gain = losses[name] - losses["click_model"]
         samples = gain[boot].mean(1)
         low, high = torch.quantile(samples, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-        report[name] = {"log_loss": float(losses[name].mean()), "auc": auc(p, y), "rows": len(data),
-                        "clicks": int(y.sum()), "log_loss_vs_click_model": float(gain.mean()),
-                        "log_loss_vs_click_model_ci": [low, high]}
+        report[name] = {
+            "log_loss": float(losses[name].mean()),
+            "auc": auc(p, y),
+            "rows": len(data),
+            "clicks": int(y.sum()),
+            "log_loss_vs_click_model": float(gain.mean()),
+            "log_loss_vs_click_model_ci": [low, high],
+        }
     report["click_model"]["chosen_l2"] = chosen_l2
     return report
 

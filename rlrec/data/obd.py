@@ -18,9 +18,13 @@ import csv
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from rlrec.agents.base import AgentSpec
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "obd_sample"
 USER_COLUMNS = [f"user_feature_{i}" for i in range(4)]
@@ -55,6 +59,29 @@ class LoggedData:
     def __len__(self) -> int:
         return self.action.shape[0]
 
+    def agent_spec(self, n_user_features: int = 3) -> AgentSpec:
+        """What these logs show an agent: their catalog, the first ``n_user_features`` user columns,
+        one impression per row (K = 1) and no session history."""
+        from rlrec.agents.base import AgentSpec
+
+        category, brand = self.item_categories[:, 0], self.item_categories[:, 1]
+        sizes = tuple(int(self.user_features[:, i].max()) + 1 if len(self) else 1 for i in range(n_user_features))
+        return AgentSpec(
+            n_items=self.n_items,
+            slate_size=1,
+            num_users=max(len(self), 1),
+            user_feature_sizes=sizes,
+            history_len=1,
+            horizon=1,
+            observe_satisfaction=False,
+            satisfaction_levels=1,
+            n_categories=int(category.max()) + 1,
+            n_brands=int(brand.max()) + 1,
+            item_category=category,
+            item_brand=brand,
+            item_price=self.item_price,
+        )
+
 
 def _open_text(path: Path):
     return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
@@ -64,8 +91,10 @@ def _find(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise OBDFormatError(f"{directory / name} not found: expected <path>/<policy>/<campaign>/{name} "
-                         "(the Open Bandit Dataset layout), optionally gzip-compressed.")
+    raise OBDFormatError(
+        f"{directory / name} not found: expected <path>/<policy>/<campaign>/{name} "
+        "(the Open Bandit Dataset layout), optionally gzip-compressed."
+    )
 
 
 def _locate_bad_value(path: Path, column: str, check) -> str:
@@ -87,8 +116,13 @@ def _valid_propensity(value) -> bool:
     return 0.0 < p <= 1.0
 
 
-def load_obd(path: str | Path | None = None, policy: str = "random", campaign: str = "men",
-             with_affinity: bool = True, block_size: int = 1 << 20) -> LoggedData:
+def load_obd(
+    path: str | Path | None = None,
+    policy: str = "random",
+    campaign: str = "men",
+    with_affinity: bool = True,
+    block_size: int = 1 << 20,
+) -> LoggedData:
     """Load one policy/campaign of the Open Bandit Dataset.
 
     Args:
@@ -107,8 +141,10 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
     root = Path(path) if path is not None else SAMPLE_DIR
     directory = root / policy / campaign
     if not directory.is_dir():
-        raise OBDFormatError(f"{directory} is not a directory: expected <path>/<policy>/<campaign>/ with policy "
-                             "'random' or 'bts' and campaign 'men', 'women' or 'all'.")
+        raise OBDFormatError(
+            f"{directory} is not a directory: expected <path>/<policy>/<campaign>/ with policy "
+            "'random' or 'bts' and campaign 'men', 'women' or 'all'."
+        )
     item_path = _find(directory, "item_context.csv")
     log_path = _find(directory, f"{campaign}.csv")
 
@@ -116,26 +152,52 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
     for column in ["item_id", "item_feature_0", *ITEM_CATEGORY_COLUMNS]:
         if column not in items.column_names:
             raise OBDFormatError(f"{item_path} has no column {column!r}.")
-    order = np.argsort(items.column("item_id").to_numpy())
-    n_items = len(order)
-    item_price = torch.tensor(items.column("item_feature_0").to_numpy()[order], dtype=torch.float32)
-    item_categories = torch.stack([
-        torch.from_numpy(pc.dictionary_encode(items.column(c).cast(pa.string())).combine_chunks().indices
-                         .to_numpy(zero_copy_only=False).astype(np.int64)[order]) for c in ITEM_CATEGORY_COLUMNS], 1)
+    item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
+    n_items = len(item_ids)
+    if (
+        n_items == 0
+        or not np.issubdtype(item_ids.dtype, np.integer)
+        or not np.array_equal(np.sort(item_ids), np.arange(n_items))
+    ):
+        raise OBDFormatError(
+            f"{item_path}, column 'item_id': the items must be numbered 0..N-1, each once (found {n_items} rows)."
+        )
+    price = items.column("item_feature_0").to_numpy(zero_copy_only=False)
+    if not np.issubdtype(price.dtype, np.number) or not np.isfinite(price).all():
+        bad = next(i for i, v in enumerate(price) if not _is_number(v) or not np.isfinite(float(v)))
+        raise OBDFormatError(f"{item_path}, line {bad + 2}, column 'item_feature_0': {price[bad]!r} is not a number.")
+    order = np.argsort(item_ids)
+    item_price = torch.tensor(price[order].astype(np.float32), dtype=torch.float32)
+    item_categories = torch.stack(
+        [
+            torch.from_numpy(
+                pc.dictionary_encode(items.column(c).cast(pa.string()))
+                .combine_chunks()
+                .indices.to_numpy(zero_copy_only=False)
+                .astype(np.int64)[order]
+            )
+            for c in ITEM_CATEGORY_COLUMNS
+        ],
+        1,
+    )
 
     numeric = {"item_id": pa.int64(), "position": pa.int64(), "click": pa.int64(), "propensity_score": pa.float64()}
     affinity_columns = [f"user-item_affinity_{i}" for i in range(n_items)]
     wanted = list(numeric) + USER_COLUMNS + (affinity_columns if with_affinity else [])
-    convert = pacsv.ConvertOptions(column_types={**numeric, **{c: pa.string() for c in USER_COLUMNS}},
-                                   include_columns=wanted)
+    convert = pacsv.ConvertOptions(
+        column_types={**numeric, **{c: pa.string() for c in USER_COLUMNS}}, include_columns=wanted
+    )
     with _open_text(log_path) as f:
         header = next(csv.reader(f), [])
     for column in wanted:
         if column not in header:
             raise OBDFormatError(f"{log_path} has no column {column!r} (its header has {len(header)} columns).")
     try:
-        reader = pacsv.open_csv(pa.input_stream(str(log_path), compression="detect"),
-                                read_options=pacsv.ReadOptions(block_size=block_size), convert_options=convert)
+        reader = pacsv.open_csv(
+            pa.input_stream(str(log_path), compression="detect"),
+            read_options=pacsv.ReadOptions(block_size=block_size),
+            convert_options=convert,
+        )
     except pa.ArrowInvalid as err:
         raise _explain(log_path, err, header) from err
 
@@ -143,9 +205,13 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
     # block: peak memory is the result plus Arrow's few blocks of read-ahead, never the text
     # or a second copy of the result.
     capacity = _count_data_lines(log_path)
-    out = {"action": np.empty(capacity, np.int64), "position": np.empty(capacity, np.int64),
-           "click": np.empty(capacity, np.float32), "propensity": np.empty(capacity, np.float64),
-           "users": np.empty((capacity, len(USER_COLUMNS)), np.int64)}
+    out = {
+        "action": np.empty(capacity, np.int64),
+        "position": np.empty(capacity, np.int64),
+        "click": np.empty(capacity, np.float32),
+        "propensity": np.empty(capacity, np.float64),
+        "users": np.empty((capacity, len(USER_COLUMNS)), np.int64),
+    }
     if with_affinity:
         out["affinity"] = np.zeros((capacity, n_items), np.float16)
     vocab: list[dict[str, int]] = [{} for _ in USER_COLUMNS]
@@ -166,12 +232,22 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
         bad = ~((propensity > 0) & (propensity <= 1))  # NaN (an empty cell) is bad too
         if bad.any():
             row = int(np.argmax(bad))
-            raise OBDFormatError(f"{log_path}, line {rows_before + row + 2}, column 'propensity_score': "
-                                 f"{propensity[row]} is not a probability in (0, 1].")
+            raise OBDFormatError(
+                f"{log_path}, line {rows_before + row + 2}, column 'propensity_score': "
+                f"{propensity[row]} is not a probability in (0, 1]."
+            )
+        click = batch.column("click").to_numpy(zero_copy_only=False)
+        bad = (click != 0) & (click != 1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise OBDFormatError(
+                f"{log_path}, line {rows_before + row + 2}, column 'click': {click[row]} is not "
+                "0 or 1 (a click is logged as 1, no click as 0)."
+            )
         out["propensity"][rows] = propensity
         out["action"][rows] = batch.column("item_id").to_numpy(zero_copy_only=False)
         out["position"][rows] = batch.column("position").to_numpy(zero_copy_only=False) - 1
-        out["click"][rows] = batch.column("click").to_numpy(zero_copy_only=False)
+        out["click"][rows] = click
         for i, column in enumerate(USER_COLUMNS):
             encoded = pc.dictionary_encode(batch.column(column))
             local = encoded.dictionary.to_pylist()
@@ -182,21 +258,34 @@ def load_obd(path: str | Path | None = None, policy: str = "random", campaign: s
                 out["affinity"][rows, j] = batch.column(column).to_numpy(zero_copy_only=False)
         rows_before += batch.num_rows
 
+    if rows_before == 0:
+        raise OBDFormatError(f"{log_path} has a header but no data rows: logged data needs at least one impression.")
+
     def filled(key: str) -> torch.Tensor:
         return torch.from_numpy(out[key][:rows_before])
 
     action = filled("action")
     if len(action) and (int(action.min()) < 0 or int(action.max()) >= n_items):
-        raise OBDFormatError(f"{log_path}, column 'item_id': ids must be in 0..{n_items - 1} (item_context has "
-                             f"{n_items} items), found {int(action.min())}..{int(action.max())}.")
+        raise OBDFormatError(
+            f"{log_path}, column 'item_id': ids must be in 0..{n_items - 1} (item_context has "
+            f"{n_items} items), found {int(action.min())}..{int(action.max())}."
+        )
     position = filled("position")
     if len(position) and (int(position.min()) < 0 or int(position.max()) >= N_POSITIONS):
         raise OBDFormatError(f"{log_path}, column 'position': must be 1, 2 or 3.")
     return LoggedData(
-        action=action, position=position, click=filled("click"), propensity=filled("propensity"),
-        user_features=filled("users"), affinity=filled("affinity") if with_affinity else None,
-        item_price=item_price, item_categories=item_categories,
-        user_vocab=[list(v) for v in vocab], policy=policy, campaign=campaign)
+        action=action,
+        position=position,
+        click=filled("click"),
+        propensity=filled("propensity"),
+        user_features=filled("users"),
+        affinity=filled("affinity") if with_affinity else None,
+        item_price=item_price,
+        item_categories=item_categories,
+        user_vocab=[list(v) for v in vocab],
+        policy=policy,
+        campaign=campaign,
+    )
 
 
 def _count_data_lines(path: Path, chunk: int = 1 << 24) -> int:

@@ -29,7 +29,7 @@ class Catalog:
     def n_items(self) -> int:
         return self.category.shape[0]
 
-    def to(self, device: torch.device) -> "Catalog":
+    def to(self, device: torch.device) -> Catalog:
         return Catalog(**{name: value.to(device) for name, value in vars(self).items()})
 
 
@@ -44,7 +44,8 @@ def make_catalog(cfg: EnvConfig, generator: torch.Generator) -> Catalog:
     latent = torch.nn.functional.normalize(latent, dim=-1)
 
     category_log_mean = cfg.price_log_mean_low + (cfg.price_log_mean_high - cfg.price_log_mean_low) * torch.rand(
-        cfg.n_categories, generator=g)
+        cfg.n_categories, generator=g
+    )
     log_price = category_log_mean[category] + cfg.price_log_std * torch.randn(n, generator=g)
 
     quality = torch.sigmoid(cfg.quality_logit_std * torch.randn(n, generator=g))  # logit-normal in (0, 1)

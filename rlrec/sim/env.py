@@ -91,7 +91,7 @@ class Shop:
         self.slate_size = cfg.slate_size
         # Compiling fuses the ~80 small tensor ops of a step into a few loops (inductor); the
         # eager function stays the reference, and tests hold the two to the same outcomes.
-        self._transition = torch.compile(transition, dynamic=False) if cfg.compile else transition
+        self._dynamics = torch.compile(dynamics, dynamic=False) if cfg.compile else dynamics
         self.state: ShopState = self._new_users(self.num_users)
 
     # ---------------------------------------------------------------- sessions
@@ -128,7 +128,7 @@ class Shop:
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self.state = self._new_users(self.num_users)
-        return self.observe()
+        return self.observation()
 
     def first_observation(self, user_features: torch.Tensor) -> Observation:
         """The observation of fresh sessions of users with ``user_features`` [n, 3] (e.g. logged users).
@@ -137,9 +137,9 @@ class Shop:
         """
         state = self._new_users(user_features.shape[0])
         state.user_features = user_features.to(self.device)
-        return self.observe(state)
+        return self.observation(state)
 
-    def observe(self, state: ShopState | None = None) -> Observation:
+    def observation(self, state: ShopState | None = None) -> Observation:
         """The agent's view of ``state`` (default: the current one). Hidden traits are left out."""
         s = self.state if state is None else state
         obs = {
@@ -160,8 +160,9 @@ class Shop:
         if slate.dim() == 1 and k == 1:
             slate = slate.unsqueeze(-1)
         if slate.shape != (b, k):
-            raise ValueError(f"slate has shape {tuple(slate.shape)}; it must be [num_users, slate_size] = "
-                             f"[{b}, {k}] item ids.")
+            raise ValueError(
+                f"slate has shape {tuple(slate.shape)}; it must be [num_users, slate_size] = [{b}, {k}] item ids."
+            )
         if slate.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"slate has dtype {slate.dtype}; it must hold integer item ids (torch.long).")
         if slate.device != self.device:
@@ -170,8 +171,10 @@ class Shop:
             low, high = int(slate.min()), int(slate.max())
             if low < 0 or high >= self.n_items:
                 bad = low if low < 0 else high
-                raise ValueError(f"slate holds item id {bad}, out of range: item ids must be in "
-                                 f"0..n_items-1 = 0..{self.n_items - 1}.")
+                raise ValueError(
+                    f"slate holds item id {bad}, out of range: item ids must be in "
+                    f"0..n_items-1 = 0..{self.n_items - 1}."
+                )
         return slate.long()
 
     def step(self, slate: torch.Tensor) -> StepResult:
@@ -179,22 +182,24 @@ class Shop:
         slate = self._check_slate(slate)
         # One uniform per random decision: choice, purchase, rating, ignore penalty, leaving.
         uniforms = torch.rand(slate.shape[0], 5, generator=self.generator, device=self.device)
-        reached, reward, done, info = self._run_transition(slate, uniforms)
+        reached, reward, done, info = self._run_dynamics(slate, uniforms)
         self.state = self._replace_finished(reached, done)
-        info["final_obs"] = self.observe(reached)
-        return StepResult(self.observe(), reward, done, info)
+        info["final_obs"] = self.observation(reached)
+        return StepResult(self.observation(), reward, done, info)
 
-    def _run_transition(self, slate: torch.Tensor, uniforms: torch.Tensor) -> tuple:
+    def _run_dynamics(self, slate: torch.Tensor, uniforms: torch.Tensor) -> tuple:
         args = (self.cfg, self.catalog, self._slot_bias, self.state, slate, uniforms)
-        if self._transition is transition:
-            return transition(*args)
+        if self._dynamics is dynamics:
+            return dynamics(*args)
         try:
-            return self._transition(*args)
+            return self._dynamics(*args)
         except Exception as err:  # torch.compile fails lazily, at the first call
             if type(err).__module__.startswith("torch._"):
-                raise RuntimeError(f"env.compile=true, but torch.compile could not build the shop's step on "
-                                   f"{self.device} ({type(err).__name__}: {str(err).splitlines()[0]}). On CPU it "
-                                   f"needs a working C++ compiler; set env.compile=false to run eagerly.") from err
+                raise RuntimeError(
+                    f"env.compile=true, but torch.compile could not build the shop's step on "
+                    f"{self.device} ({type(err).__name__}: {str(err).splitlines()[0]}). On CPU it "
+                    f"needs a working C++ compiler; set env.compile=false to run eagerly."
+                ) from err
             raise
 
     # ---------------------------------------------------------------- privileged views
@@ -207,7 +212,7 @@ class Shop:
         items = torch.arange(self.n_items, device=self.device) if items is None else items.to(self.device)
         parts = []
         for start in range(0, items.numel(), chunk):  # bounded memory for big catalogs
-            ids = items[start:start + chunk]
+            ids = items[start : start + chunk]
             fit = s.interest @ cat.latent[ids].T  # [B, M]
             parts.append(expected_reward(fit, ids, s.price_sensitivity, s.satisfaction, cat, cfg, self._slot_bias[0]))
         return torch.cat(parts, dim=1)
@@ -217,8 +222,9 @@ class Shop:
         return random_slates(self.num_users, self.n_items, self.slate_size, self.generator)
 
 
-def transition(cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopState, slate: torch.Tensor,
-               u: torch.Tensor) -> tuple[ShopState, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def dynamics(
+    cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopState, slate: torch.Tensor, u: torch.Tensor
+) -> tuple[ShopState, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One step of B sessions as a pure function: the state reached, reward, done and the responses.
 
     ``u`` [B, 5] holds one uniform per random decision (choice, purchase, rating, ignore
@@ -233,8 +239,9 @@ def transition(cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopSta
     item = slate.gather(1, slot).squeeze(-1)  # the clicked item, or the first shown when ignored
     item_fit = fit.gather(1, slot).squeeze(-1)
 
-    buy_prob = response.purchase_prob(item_fit, rows(cat.log_price_centered, item), s.price_sensitivity,
-                                      s.satisfaction, cfg)
+    buy_prob = response.purchase_prob(
+        item_fit, rows(cat.log_price_centered, item), s.price_sensitivity, s.satisfaction, cfg
+    )
     purchased = clicked & (u[:, 1] < buy_prob)
     drawn_rating = sample_categorical(response.rating_probs(rows(cat.quality, item), item_fit, cfg), u[:, 2]) + 1
     rating = torch.where(purchased, drawn_rating, torch.zeros_like(drawn_rating))
@@ -248,9 +255,11 @@ def transition(cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopSta
     if cfg.interest_drift > 0:
         pull = (cfg.interest_drift * clicked.float()).unsqueeze(-1)
         interest = torch.nn.functional.normalize(interest + pull * (rows(cat.latent, item) - interest), dim=-1)
-    code = torch.where(purchased, response.PURCHASED + rating - 1,
-                       torch.where(clicked, torch.full_like(rating, response.CLICKED),
-                                   torch.full_like(rating, response.IGNORED)))
+    code = torch.where(
+        purchased,
+        response.PURCHASED + rating - 1,
+        torch.where(clicked, torch.full_like(rating, response.CLICKED), torch.full_like(rating, response.IGNORED)),
+    )
     step = s.step + 1
     reached = ShopState(
         user_features=s.user_features,
@@ -262,19 +271,33 @@ def transition(cfg: EnvConfig, cat: Catalog, slot_bias: torch.Tensor, s: ShopSta
         history_codes=torch.cat([s.history_codes[:, 1:], code.unsqueeze(-1)], dim=1),
     )
     done = left | (step >= cfg.horizon)
-    info = {"click": clicked, "purchase": purchased, "rating": rating, "choice": choice, "item": item,
-            "price": price, "left": left}
+    info = {
+        "click": clicked,
+        "purchase": purchased,
+        "rating": rating,
+        "choice": choice,
+        "item": item,
+        "price": price,
+        "left": left,
+    }
     return reached, reward, done, info
 
 
-def expected_reward(fit: torch.Tensor, items: torch.Tensor, price_sensitivity: torch.Tensor,
-                    satisfaction: torch.Tensor, catalog: Catalog, cfg: EnvConfig,
-                    slot_bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+def expected_reward(
+    fit: torch.Tensor,
+    items: torch.Tensor,
+    price_sensitivity: torch.Tensor,
+    satisfaction: torch.Tensor,
+    catalog: Catalog,
+    cfg: EnvConfig,
+    slot_bias: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
     """[B, M] expected immediate reward of showing item ``items[m]`` alone, given user-item ``fit`` [B, M]."""
     utilities = response.click_utilities(fit, catalog.hype[items], slot_bias, cfg)
     click = response.click_probs(utilities.unsqueeze(-1), cfg)[..., 1]
-    buy = click * response.purchase_prob(fit, catalog.log_price_centered[items], price_sensitivity.unsqueeze(-1),
-                                         satisfaction.unsqueeze(-1), cfg)
+    buy = click * response.purchase_prob(
+        fit, catalog.log_price_centered[items], price_sensitivity.unsqueeze(-1), satisfaction.unsqueeze(-1), cfg
+    )
     ratings = torch.arange(1, response.N_RATINGS + 1, device=fit.device, dtype=fit.dtype)
     mean_rating = (response.rating_probs(catalog.quality[items], fit, cfg) * ratings).sum(-1)
     return response.reward(click, buy, buy * mean_rating, catalog.price[items], cfg)

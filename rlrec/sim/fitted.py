@@ -67,9 +67,17 @@ def obd_world(cfg: EnvConfig, generator: torch.Generator) -> tuple[EnvConfig, Ca
     brands = logs.item_categories[:, 1]
     n_categories = int(categories.max()) + 1
     cfg = dataclasses.replace(
-        cfg, n_items=logs.n_items, n_categories=n_categories, n_brands=max(int(brands.max()) + 1, n_categories),
-        n_age_bands=sizes[0], n_genders=sizes[1], n_regions=sizes[2],
-        fit_weight=0.0, hype_weight=1.0, no_click_utility=-float(model.bias))
+        cfg,
+        n_items=logs.n_items,
+        n_categories=n_categories,
+        n_brands=max(int(brands.max()) + 1, n_categories),
+        n_age_bands=sizes[0],
+        n_genders=sizes[1],
+        n_regions=sizes[2],
+        fit_weight=0.0,
+        hype_weight=1.0,
+        no_click_utility=-float(model.bias),
+    )
     try:
         validate_env_config(cfg)
     except ConfigError as err:
@@ -79,15 +87,23 @@ def obd_world(cfg: EnvConfig, generator: torch.Generator) -> tuple[EnvConfig, Ca
     g = generator
     centroids = torch.nn.functional.normalize(torch.randn(n_categories, d, generator=g), dim=-1)
     latent = torch.nn.functional.normalize(
-        centroids[categories] + cfg.category_spread * torch.randn(n, d, generator=g) / d**0.5, dim=-1)
+        centroids[categories] + cfg.category_spread * torch.randn(n, d, generator=g) / d**0.5, dim=-1
+    )
     price_z = (logs.item_price - logs.item_price.mean()) / logs.item_price.std(correction=0).clamp_min(1e-6)
     log_price = 0.5 * (cfg.price_log_mean_low + cfg.price_log_mean_high) + cfg.price_log_std * price_z
     hype = model.item.float()
     hype_z = (hype - hype.mean()) / hype.std(correction=0).clamp_min(1e-6)
     rho = cfg.hype_quality_corr
     quality = torch.sigmoid(cfg.quality_logit_std * (-rho * hype_z + (1 - rho**2) ** 0.5 * torch.randn(n, generator=g)))
-    catalog = Catalog(category=categories.clone(), brand=brands.clone(), price=log_price.exp(),
-                      log_price_centered=log_price - log_price.mean(), quality=quality, hype=hype, latent=latent)
+    catalog = Catalog(
+        category=categories.clone(),
+        brand=brands.clone(),
+        price=log_price.exp(),
+        log_price_centered=log_price - log_price.mean(),
+        quality=quality,
+        hype=hype,
+        latent=latent,
+    )
 
     users = make_user_model(cfg, g)
     counts = torch.bincount(users.segment_index(logs.user_features), minlength=users.n_segments).float()

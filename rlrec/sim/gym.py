@@ -133,8 +133,11 @@ class ShopEnv(gymnasium.Env):
         _, reward, done, info = self.shop.step(slate)
         # The shop has already put a fresh user in the row; a single env shows the end instead.
         obs = self._single(info["final_obs"])
-        extra = {"click": bool(info["click"][0]), "purchase": bool(info["purchase"][0]),
-                 "rating": int(info["rating"][0])}
+        extra = {
+            "click": bool(info["click"][0]),
+            "purchase": bool(info["purchase"][0]),
+            "rating": int(info["rating"][0]),
+        }
         return obs, float(reward[0]), bool(done[0]), False, extra
 
     @staticmethod
@@ -147,5 +150,4 @@ class ShopEnv(gymnasium.Env):
 
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="rlrec.sim.gym:ShopEnv",
-                       vector_entry_point="rlrec.sim.gym:ShopVectorEnv")
+    gymnasium.register(id=ENV_ID, entry_point="rlrec.sim.gym:ShopEnv", vector_entry_point="rlrec.sim.gym:ShopVectorEnv")

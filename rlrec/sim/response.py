@@ -36,8 +36,9 @@ N_RESPONSE_CODES = 8
 N_RATINGS = 5
 
 
-def position_bias(slate_size: int, cfg: EnvConfig, device: torch.device | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def position_bias(
+    slate_size: int, cfg: EnvConfig, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """[K] utility offset of each slot: ``-position_decay * log(1 + k)`` (slot 0 costs nothing)."""
     slots = torch.arange(slate_size, device=device, dtype=dtype)
     return -cfg.position_decay * torch.log1p(slots)
@@ -57,13 +58,22 @@ def click_probs(utilities: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-def purchase_prob(fit: torch.Tensor, log_price_centered: torch.Tensor, price_sensitivity: torch.Tensor,
-                  satisfaction: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
+def purchase_prob(
+    fit: torch.Tensor,
+    log_price_centered: torch.Tensor,
+    price_sensitivity: torch.Tensor,
+    satisfaction: torch.Tensor,
+    cfg: EnvConfig,
+) -> torch.Tensor:
     """P(purchase | click): rises with fit and with the user's satisfaction (a satisfied customer
     trusts the shop), falls with price as fast as the user is price sensitive."""
     trust = satisfaction_level(satisfaction, cfg) - 0.5  # -0.5 at level 0 .. +0.5 at level L-1
-    logit = (cfg.purchase_bias + cfg.purchase_fit_weight * fit + cfg.satisfaction_purchase_weight * trust
-             - price_sensitivity * log_price_centered)
+    logit = (
+        cfg.purchase_bias
+        + cfg.purchase_fit_weight * fit
+        + cfg.satisfaction_purchase_weight * trust
+        - price_sensitivity * log_price_centered
+    )
     return torch.sigmoid(logit)
 
 
@@ -83,8 +93,9 @@ def rating_probs(quality: torch.Tensor, fit: torch.Tensor, cfg: EnvConfig) -> to
     return torch.diff(cumulative, dim=-1, prepend=torch.zeros_like(ones))
 
 
-def next_satisfaction(satisfaction: torch.Tensor, rating: torch.Tensor, ignore_penalized: torch.Tensor,
-                      cfg: EnvConfig) -> torch.Tensor:
+def next_satisfaction(
+    satisfaction: torch.Tensor, rating: torch.Tensor, ignore_penalized: torch.Tensor, cfg: EnvConfig
+) -> torch.Tensor:
     """Satisfaction after the response (deterministic given it).
 
     ``rating`` is 0 when nothing was bought. ``ignore_penalized`` is the outcome of the
@@ -105,8 +116,9 @@ def leave_prob(satisfaction: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
     return unhappy * torch.exp(frac * math.log(happy / unhappy))
 
 
-def reward(click: torch.Tensor, purchase: torch.Tensor, rating: torch.Tensor, price: torch.Tensor,
-           cfg: EnvConfig) -> torch.Tensor:
+def reward(
+    click: torch.Tensor, purchase: torch.Tensor, rating: torch.Tensor, price: torch.Tensor, cfg: EnvConfig
+) -> torch.Tensor:
     """The one reward: ``w_purchase*purchase + w_rating*rating + w_click*click + w_revenue*price*purchase``.
 
     ``rating`` is 1..5 on a purchase and 0 otherwise. The function is linear, so it also
@@ -114,5 +126,4 @@ def reward(click: torch.Tensor, purchase: torch.Tensor, rating: torch.Tensor, pr
     E[rating * purchase], E[price * purchase]).
     """
     click, purchase, rating = click.float(), purchase.float(), rating.float()
-    return (cfg.w_purchase * purchase + cfg.w_rating * rating + cfg.w_click * click
-            + cfg.w_revenue * price * purchase)
+    return cfg.w_purchase * purchase + cfg.w_rating * rating + cfg.w_click * click + cfg.w_revenue * price * purchase

@@ -12,11 +12,13 @@ absorbing terminal state (the user left or reached the horizon).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from rlrec.config import ConfigError, EnvConfig
+from rlrec.config import ConfigError
 from rlrec.sim import response
 from rlrec.sim.env import Observation, Shop
 
@@ -65,16 +67,21 @@ class TabularMDP:
         """[S, A] expected immediate reward (0 in the terminal)."""
         return (self.outcome_prob * self.outcome_reward).sum(-1)
 
-    def state_index(self, obs: Observation, cfg: EnvConfig) -> torch.Tensor:
-        """[B] state index of simulator observations."""
-        return tabular_state_index(obs, cfg)
+    def state_index(self, obs: Observation, shape: Any) -> torch.Tensor:
+        """[B] state index of simulator observations (``shape``: the shop's config or spec)."""
+        return tabular_state_index(obs, shape)
 
 
-def tabular_state_index(obs: Observation, cfg: EnvConfig) -> torch.Tensor:
-    """[B] index ``(segment * L + satisfaction) * T + step`` of observations of an enumerable shop."""
+def tabular_state_index(obs: Observation, shape: Any) -> torch.Tensor:
+    """[B] index ``(segment * L + satisfaction) * T + step`` of observations of an enumerable shop.
+
+    ``shape`` is anything with the shop's ``user_feature_sizes``, ``satisfaction_levels`` and
+    ``horizon``: its :class:`~rlrec.config.EnvConfig` or the agents' :class:`~rlrec.agents.base.AgentSpec`.
+    """
     age, gender, region = obs["user_features"].unbind(-1)
-    segment = (age * cfg.n_genders + gender) * cfg.n_regions + region
-    return (segment * cfg.satisfaction_levels + obs["satisfaction"]) * cfg.horizon + obs["step"]
+    _, n_genders, n_regions = shape.user_feature_sizes
+    segment = (age * n_genders + gender) * n_regions + region
+    return (segment * shape.satisfaction_levels + obs["satisfaction"]) * shape.horizon + obs["step"]
 
 
 def state_observations(shop: Shop) -> Observation:
@@ -87,16 +94,18 @@ def state_observations(shop: Shop) -> Observation:
     index = torch.arange(n_tabular_states(cfg) - 1, device=dev)
     segment = index // (cfg.horizon * cfg.satisfaction_levels)
     empty = torch.zeros(index.numel(), cfg.history_len, dtype=torch.long, device=dev)
-    return {"user_features": shop.users.segment_features().to(dev)[segment],
-            "step": index % cfg.horizon,
-            "satisfaction": (index // cfg.horizon) % cfg.satisfaction_levels,
-            "history_items": empty + cfg.n_items,
-            "history_codes": empty}
+    return {
+        "user_features": shop.users.segment_features().to(dev)[segment],
+        "step": index % cfg.horizon,
+        "satisfaction": (index // cfg.horizon) % cfg.satisfaction_levels,
+        "history_items": empty + cfg.n_items,
+        "history_codes": empty,
+    }
 
 
-def n_tabular_states(cfg: EnvConfig) -> int:
-    """States of the enumerable shop ``cfg``, the terminal included."""
-    return cfg.n_age_bands * cfg.n_genders * cfg.n_regions * cfg.satisfaction_levels * cfg.horizon + 1
+def n_tabular_states(shape: Any) -> int:
+    """States of an enumerable shop (``shape`` as in :func:`tabular_state_index`), the terminal included."""
+    return math.prod(shape.user_feature_sizes) * shape.satisfaction_levels * shape.horizon + 1
 
 
 def _require_enumerable(shop: Shop) -> None:
@@ -110,12 +119,16 @@ def _require_enumerable(shop: Shop) -> None:
     ]
     for ok, name, allowed in rules:
         if not ok:
-            raise ConfigError(f"the exact MDP needs env.{name} = {allowed}, got {getattr(cfg, name)!r}; "
-                              "use env=tiny or set the field.")
+            raise ConfigError(
+                f"the exact MDP needs env.{name} = {allowed}, got {getattr(cfg, name)!r}; "
+                "use env=tiny or set the field."
+            )
     states = shop.users.n_segments * cfg.satisfaction_levels * cfg.horizon
     if states * cfg.n_items > 5_000_000:
-        raise ConfigError(f"the exact MDP would have {states} states x {cfg.n_items} actions; "
-                          "keep n_segments * satisfaction_levels * horizon * n_items under 5,000,000.")
+        raise ConfigError(
+            f"the exact MDP would have {states} states x {cfg.n_items} actions; "
+            "keep n_segments * satisfaction_levels * horizon * n_items under 5,000,000."
+        )
 
 
 def build_tabular_mdp(shop: Shop) -> TabularMDP:
@@ -137,19 +150,27 @@ def build_tabular_mdp(shop: Shop) -> TabularMDP:
     click = response.click_probs(response.click_utilities(fit, hype, slot_bias, cfg).unsqueeze(-1), cfg)[..., 1]
     sat = torch.arange(levels)
     # Laws over [G, L, A]: purchase depends on satisfaction, click and rating do not.
-    buy = response.purchase_prob(fit.unsqueeze(1), catalog.log_price_centered.to(f64),
-                                 sensitivity.to(f64).view(-1, 1, 1), sat.to(f64).view(1, -1, 1), cfg)
+    buy = response.purchase_prob(
+        fit.unsqueeze(1),
+        catalog.log_price_centered.to(f64),
+        sensitivity.to(f64).view(-1, 1, 1),
+        sat.to(f64).view(1, -1, 1),
+        cfg,
+    )
     click = click.unsqueeze(1).expand_as(buy)
     rating_law = response.rating_probs(catalog.quality.to(f64).expand_as(fit), fit, cfg).unsqueeze(1)  # [G, 1, A, 5]
 
     # The 8 response outcomes: ignored (penalised or not), clicked only, bought with rating 1..5.
     penalty = cfg.ignore_penalty_prob
-    response_prob = torch.cat([
-        ((1 - click) * penalty).unsqueeze(-1),
-        ((1 - click) * (1 - penalty)).unsqueeze(-1),
-        (click * (1 - buy)).unsqueeze(-1),
-        (click * buy).unsqueeze(-1) * rating_law,
-    ], dim=-1)  # [G, L, A, 8]
+    response_prob = torch.cat(
+        [
+            ((1 - click) * penalty).unsqueeze(-1),
+            ((1 - click) * (1 - penalty)).unsqueeze(-1),
+            (click * (1 - buy)).unsqueeze(-1),
+            (click * buy).unsqueeze(-1) * rating_law,
+        ],
+        dim=-1,
+    )  # [G, L, A, 8]
     rated = torch.tensor([0, 0, 0, 1, 2, 3, 4, 5])
     clicked = torch.tensor([False, False, True, True, True, True, True, True])
     penalized = torch.tensor([True, False, False, False, False, False, False, False])
@@ -176,16 +197,20 @@ def build_tabular_mdp(shop: Shop) -> TabularMDP:
     stay_prob = stay_prob.expand(n_seg, levels, horizon, n_items, 8)
     leave_prob_ = leave_prob_.expand(n_seg, levels, horizon, n_items, 8)
     next_step = t + 1
-    next_index = ((g.view(-1, 1, 1, 1) * levels + sat_next.view(1, levels, 1, 8)) * horizon
-                  + next_step.view(1, 1, horizon, 1))  # [G, L, T, 8]
+    next_segment_state = g.view(-1, 1, 1, 1) * levels + sat_next.view(1, levels, 1, 8)
+    next_index = next_segment_state * horizon + next_step.view(1, 1, horizon, 1)  # [G, L, T, 8]
     at_horizon = (next_step >= horizon).view(1, 1, horizon, 1)
     next_index = torch.where(at_horizon, torch.full_like(next_index, terminal), next_index)
     next_index = next_index.unsqueeze(3).expand(n_seg, levels, horizon, n_items, 8)
 
     prob[index] = torch.cat([stay_prob, leave_prob_], dim=-1).reshape(-1, n_items, 16)
     nxt[index] = torch.cat([next_index, torch.full_like(next_index, terminal)], dim=-1).reshape(-1, n_items, 16)
-    rew[index] = outcome_reward.view(1, 1, 1, n_items, 8).repeat(1, 1, 1, 1, 2).expand(
-        n_seg, levels, horizon, n_items, 16).reshape(-1, n_items, 16)
+    rew[index] = (
+        outcome_reward.view(1, 1, 1, n_items, 8)
+        .repeat(1, 1, 1, 1, 2)
+        .expand(n_seg, levels, horizon, n_items, 16)
+        .reshape(-1, n_items, 16)
+    )
 
     start = torch.zeros(n_states, dtype=f64)
     start_index = (torch.arange(n_seg) * levels + cfg.initial_satisfaction) * horizon
@@ -193,8 +218,9 @@ def build_tabular_mdp(shop: Shop) -> TabularMDP:
     return TabularMDP(prob, nxt, rew, start, n_seg, levels, horizon)
 
 
-def value_iteration(mdp: TabularMDP, gamma: float = 1.0, tol: float = 1e-12,
-                    max_iter: int = 100_000) -> tuple[torch.Tensor, torch.Tensor]:
+def value_iteration(
+    mdp: TabularMDP, gamma: float = 1.0, tol: float = 1e-12, max_iter: int = 100_000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimal ``(Q* [S, A], V* [S])`` in float64 by value iteration (terminal value 0).
 
     With ``gamma = 1`` it converges because every session ends by the horizon.
@@ -218,8 +244,10 @@ def policy_matrix(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
     if policy.dim() == 1:
         return torch.nn.functional.one_hot(policy.long(), mdp.n_actions).to(torch.float64)
     if policy.shape != (mdp.n_states, mdp.n_actions):
-        raise ValueError(f"policy has shape {tuple(policy.shape)}; expected [{mdp.n_states}] actions "
-                         f"or [{mdp.n_states}, {mdp.n_actions}] probabilities.")
+        raise ValueError(
+            f"policy has shape {tuple(policy.shape)}; expected [{mdp.n_states}] actions "
+            f"or [{mdp.n_states}, {mdp.n_actions}] probabilities."
+        )
     return policy.to(torch.float64)
 
 

@@ -38,7 +38,7 @@ class UserModel:
         a, g, r = self.feature_sizes
         return a * g * r
 
-    def to(self, device: torch.device) -> "UserModel":
+    def to(self, device: torch.device) -> UserModel:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return UserModel(**moved)
 

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-
 ESTIMATORS = ("ips", "snips", "dm", "dr")
 
 
@@ -52,9 +51,15 @@ def bootstrap_mean(values: torch.Tensor, name: str = "mean", n_boot: int = 500, 
     return Estimate(name, float(values.mean()), *_interval(values[idx].mean(1)))
 
 
-def off_policy_estimates(click: torch.Tensor, action: torch.Tensor, propensity: torch.Tensor,
-                         eval_probs: torch.Tensor, reward_model: torch.Tensor | None = None,
-                         n_boot: int = 500, seed: int = 0) -> dict[str, Estimate]:
+def off_policy_estimates(
+    click: torch.Tensor,
+    action: torch.Tensor,
+    propensity: torch.Tensor,
+    eval_probs: torch.Tensor,
+    reward_model: torch.Tensor | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Estimate]:
     """IPS, SNIPS and, with a ``reward_model``, DM and DR estimates with bootstrap 95% CIs.
 
     Args:

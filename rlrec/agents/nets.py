@@ -1,4 +1,4 @@
-"""Neural pieces of the DQN: user tower, history encoder, item tower and Q heads.
+"""Neural pieces of the agents: user tower, history encoder, item tower and Q heads.
 
 The network scores every item at once. A state vector comes from the user tower (user
 features, step, satisfaction when observed) and the history encoder; item vectors come
@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlrec.config import EnvConfig
+from rlrec.agents.base import AgentSpec
 from rlrec.sim import response
-from rlrec.sim.catalog import Catalog
 from rlrec.sim.env import Observation
 from rlrec.sim.tabular import n_tabular_states, tabular_state_index
 
@@ -33,13 +32,14 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 class UserTower(nn.Module):
     """Embeds the user's categorical features, the step count and (if observed) satisfaction."""
 
-    def __init__(self, cfg: EnvConfig, dim: int) -> None:
+    def __init__(self, spec: AgentSpec, dim: int) -> None:
         super().__init__()
-        self.age = nn.Embedding(cfg.n_age_bands, dim)
-        self.gender = nn.Embedding(cfg.n_genders, dim)
-        self.region = nn.Embedding(cfg.n_regions, dim)
-        self.step = nn.Embedding(cfg.horizon + 1, dim)  # + 1: the step count of a finished session
-        self.satisfaction = nn.Embedding(cfg.satisfaction_levels, dim) if cfg.observe_satisfaction else None
+        ages, genders, regions = spec.user_feature_sizes
+        self.age = nn.Embedding(ages, dim)
+        self.gender = nn.Embedding(genders, dim)
+        self.region = nn.Embedding(regions, dim)
+        self.step = nn.Embedding(spec.horizon + 1, dim)  # + 1: the step count of a finished session
+        self.satisfaction = nn.Embedding(spec.satisfaction_levels, dim) if spec.observe_satisfaction else None
 
     def forward(self, obs: Observation) -> torch.Tensor:
         f = obs["user_features"]
@@ -49,17 +49,17 @@ class UserTower(nn.Module):
         return out
 
     @staticmethod
-    def out_dim(cfg: EnvConfig, dim: int) -> int:
-        return dim * (5 if cfg.observe_satisfaction else 4)
+    def out_dim(spec: AgentSpec, dim: int) -> int:
+        return dim * (5 if spec.observe_satisfaction else 4)
 
 
 class HistoryEncoder(nn.Module):
     """Embeds recent (item, response) pairs and pools them: a masked mean, or a GRU."""
 
-    def __init__(self, cfg: EnvConfig, dim: int, kind: str = "mean") -> None:
+    def __init__(self, spec: AgentSpec, dim: int, kind: str = "mean") -> None:
         super().__init__()
         self.kind = kind
-        self.item = nn.Embedding(cfg.n_items + 1, dim, padding_idx=cfg.n_items)
+        self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=spec.n_items)
         self.code = nn.Embedding(response.N_RESPONSE_CODES, dim, padding_idx=response.PAD)
         self.gru = nn.GRU(dim, dim, batch_first=True) if kind == "gru" else None
 
@@ -74,21 +74,24 @@ class HistoryEncoder(nn.Module):
 class ItemTower(nn.Module):
     """Item vectors from id, category and brand embeddings and the standardised log-price."""
 
-    def __init__(self, cfg: EnvConfig, catalog: Catalog, dim: int, out_dim: int) -> None:
+    def __init__(self, spec: AgentSpec, dim: int, out_dim: int) -> None:
         super().__init__()
-        self.register_buffer("category", catalog.category.clone())
-        self.register_buffer("brand", catalog.brand.clone())
-        log_price = catalog.price.log()
-        self.register_buffer("price", ((log_price - log_price.mean()) / log_price.std(correction=0).clamp_min(1e-6))
-                             .unsqueeze(-1))
-        self.id = nn.Embedding(cfg.n_items, dim)
-        self.category_emb = nn.Embedding(cfg.n_categories, dim)
-        self.brand_emb = nn.Embedding(cfg.n_brands, dim)
+        self.register_buffer("category", spec.item_category.clone())
+        self.register_buffer("brand", spec.item_brand.clone())
+        log_price = spec.item_price.log()
+        self.register_buffer(
+            "price", ((log_price - log_price.mean()) / log_price.std(correction=0).clamp_min(1e-6)).unsqueeze(-1)
+        )
+        self.id = nn.Embedding(spec.n_items, dim)
+        self.category_emb = nn.Embedding(spec.n_categories, dim)
+        self.brand_emb = nn.Embedding(spec.n_brands, dim)
         self.net = mlp([3 * dim + 1, out_dim, out_dim])
 
     def forward(self) -> torch.Tensor:
         """[N, out_dim] vectors of all items."""
-        feats = torch.cat([self.id.weight, self.category_emb(self.category), self.brand_emb(self.brand), self.price], -1)
+        feats = torch.cat(
+            [self.id.weight, self.category_emb(self.category), self.brand_emb(self.brand), self.price], -1
+        )
         return self.net(feats)
 
 
@@ -96,8 +99,7 @@ class QNetwork(nn.Module):
     """Q values of every item, ``forward(obs) -> [B, N]``.
 
     Args:
-        cfg: the shop's config (feature sizes).
-        catalog: the shop's catalog (observable item features only are read).
+        spec: what the shop shows agents (feature sizes, observable item features).
         head: ``"dot"`` (state . item + bias), ``"mlp"`` (an MLP on [state, item] pairs; B x N
             evaluations, for small catalogs) or ``"tabular"`` (a one-hot linear table over the
             enumerable shop's states; no features).
@@ -106,32 +108,29 @@ class QNetwork(nn.Module):
         hidden_dim: width of the state and item vectors.
     """
 
-    def __init__(self, cfg: EnvConfig, catalog: Catalog, head: str = "dot", history: str = "mean",
-                 embed_dim: int = 32, hidden_dim: int = 64) -> None:
+    def __init__(
+        self, spec: AgentSpec, head: str = "dot", history: str = "mean", embed_dim: int = 32, hidden_dim: int = 64
+    ) -> None:
         super().__init__()
-        if head not in ("dot", "mlp", "tabular"):
-            raise ValueError(f"agent.head = {head!r} is not one of 'dot', 'mlp', 'tabular'.")
-        if history not in ("mean", "gru", "none"):
-            raise ValueError(f"agent.history = {history!r} is not one of 'mean', 'gru', 'none'.")
-        self.cfg, self.head = cfg, head
+        self.spec, self.head = spec, head
         if head == "tabular":
             # One-hot linear layer without bias: Q[s, a] = W[s, a], started at 0 like a Q table.
-            self.table = nn.Embedding(n_tabular_states(cfg), cfg.n_items)
+            self.table = nn.Embedding(n_tabular_states(spec), spec.n_items)
             nn.init.zeros_(self.table.weight)
             return
-        self.user = UserTower(cfg, embed_dim)
-        self.history = HistoryEncoder(cfg, embed_dim, history) if history != "none" else None
-        state_in = UserTower.out_dim(cfg, embed_dim) + (embed_dim if self.history is not None else 0)
+        self.user = UserTower(spec, embed_dim)
+        self.history = HistoryEncoder(spec, embed_dim, history) if history != "none" else None
+        state_in = UserTower.out_dim(spec, embed_dim) + (embed_dim if self.history is not None else 0)
         self.state_net = mlp([state_in, hidden_dim, hidden_dim])
-        self.items = ItemTower(cfg, catalog, embed_dim, hidden_dim)
+        self.items = ItemTower(spec, embed_dim, hidden_dim)
         if head == "dot":
-            self.item_bias = nn.Parameter(torch.zeros(cfg.n_items))
+            self.item_bias = nn.Parameter(torch.zeros(spec.n_items))
         else:
             self.pair_net = mlp([2 * hidden_dim, hidden_dim, 1])
 
     def forward(self, obs: Observation) -> torch.Tensor:
         if self.head == "tabular":
-            return self.table(tabular_state_index(obs, self.cfg))
+            return self.table(tabular_state_index(obs, self.spec))
         parts = [self.user(obs)] + ([self.history(obs)] if self.history is not None else [])
         state = self.state_net(torch.cat(parts, -1))  # [B, H]
         items = self.items()  # [N, H]

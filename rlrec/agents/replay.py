@@ -1,0 +1,128 @@
+"""A replay buffer for a batched environment, resident on the model's device.
+
+Rows arrive B at a time (one per user), so storage is laid out ``[capacity_steps, B]``:
+slot ``t`` holds the B transitions of one environment step. That layout makes n-step
+windows a matter of looking ``n - 1`` slots ahead in the same column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Batch = dict[str, Any]
+"""What :meth:`ReplayBuffer.sample` returns: every stored key at the window's first step
+(``obs`` as an observation dict, ``action``...), and for the n-step window ``rewards``
+[batch, n] (zero after the window's end), ``steps`` [batch] long (k, the rewards in the
+window: n, or fewer when the session ended), ``done`` [batch] bool (the window ended the
+session) and ``next_obs`` (the observation after the window's last step)."""
+
+
+class ReplayBuffer:
+    """Circular buffer of the last ``capacity`` transitions of B parallel users.
+
+    Args:
+        capacity: transitions kept (rounded down to a multiple of ``num_users``).
+        num_users: B, the rows added per call.
+        device: where the storage and the samples live.
+        n_step: 1 for ordinary one-step transitions; n > 1 samples windows of n steps that stop
+            at the first ``done`` (never running across a session's end).
+        seed: seeds the sampling generator.
+    """
+
+    def __init__(
+        self, capacity: int, num_users: int, device: torch.device | str = "cpu", n_step: int = 1, seed: int = 0
+    ) -> None:
+        if capacity < num_users:
+            raise ValueError(f"agent.buffer_size = {capacity} must be >= the number of users {num_users}.")
+        if n_step < 1:
+            raise ValueError(f"agent.n_step = {n_step} must be >= 1.")
+        self.steps = capacity // num_users  # slots, each holding B transitions
+        if self.steps < n_step:
+            raise ValueError(
+                f"agent.buffer_size = {capacity} holds {self.steps} steps of {num_users} users: "
+                f"fewer than agent.n_step = {n_step}."
+            )
+        self.num_users, self.device, self.n_step = num_users, torch.device(device), n_step
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.storage: dict[str, torch.Tensor] = {}
+        self.added = 0  # environment steps added so far (slot = added % steps)
+
+    def __len__(self) -> int:
+        return min(self.added, self.steps) * self.num_users
+
+    @staticmethod
+    def _flatten(transition: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for key, value in transition.items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def add(self, transition: dict[str, Any]) -> None:
+        """Store one environment step: B transitions, each key a [B, ...] tensor or a dict of them.
+
+        It must hold ``reward``, ``done`` and ``next_obs``, the true successor (the shop's
+        ``final_obs``), not the fresh user that replaced a finished row.
+        """
+        flat = self._flatten(transition)
+        if not self.storage:
+            for key, value in flat.items():
+                dtype = torch.float32 if key == "reward" else value.dtype
+                self.storage[key] = torch.zeros((self.steps, *value.shape), dtype=dtype, device=self.device)
+        slot = self.added % self.steps
+        for key, value in flat.items():
+            self.storage[key][slot] = value.to(self.device)
+        self.added += 1
+
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` n-step windows drawn uniformly, as a :data:`Batch` on the buffer's device."""
+        held = min(self.added, self.steps)
+        usable = held - (self.n_step - 1)  # the n-step window must lie inside what is held
+        if usable <= 0:
+            raise RuntimeError(f"the buffer holds {len(self)} transitions: too few to sample (n_step = {self.n_step}).")
+        oldest = self.added - held
+        age = torch.randint(usable, (batch_size,), generator=self.generator, device=self.device)
+        t0 = oldest + age  # absolute step index
+        user = torch.randint(self.num_users, (batch_size,), generator=self.generator, device=self.device)
+
+        def at(key: str, t: torch.Tensor) -> torch.Tensor:
+            return self.storage[key][t % self.steps, user]
+
+        rewards = torch.zeros(batch_size, self.n_step, device=self.device)
+        steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
+        last = t0.clone()  # the step whose next_obs ends the window
+        for j in range(self.n_step):  # loops over the n-step window, never over users or items
+            t = t0 + j
+            live = ~done
+            rewards[:, j] = torch.where(live, at("reward", t), rewards[:, j])
+            steps += live.long()
+            last = torch.where(live, t, last)
+            done = done | at("done", t)
+        batch: Batch = {}
+        for key in self.storage:
+            name, _, sub = key.partition(".")
+            if name in ("reward", "done", "next_obs"):
+                continue
+            value = at(key, t0)
+            if sub:
+                batch.setdefault(name, {})[sub] = value
+            else:
+                batch[name] = value
+        batch["next_obs"] = {
+            key.partition(".")[2]: at(key, last) for key in self.storage if key.startswith("next_obs.")
+        }
+        batch.update(rewards=rewards, steps=steps, done=done)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"storage": self.storage, "added": self.added, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.storage = {k: v.to(self.device) for k, v in state["storage"].items()}
+        self.added = int(state["added"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])

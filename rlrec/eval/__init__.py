@@ -1,0 +1,1 @@
+"""Evaluation: rollouts and metrics, the simulator and logged-data reports, off-policy estimators, output."""

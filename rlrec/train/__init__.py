@@ -1,0 +1,1 @@
+"""Training: the loop (collect -> store -> update -> log -> checkpoint) and the run format."""
