@@ -21,14 +21,24 @@ USER_ERRORS = (ConfigError, RunError, OBDFormatError)
 
 
 def one_line(message: str) -> str:
-    """A multi-line message as one line (Hydra's messages span several)."""
-    parts = [line.strip() for line in str(message).splitlines() if line.strip()]
-    parts = [
-        p
-        for p in parts
-        if not p.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Config search path", "provider="))
+    """A multi-line message as one line (Hydra's messages span several; the lines after a
+    ``...:`` header, such as its list of available options, become a comma-separated list)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    lines = [
+        x
+        for x in lines
+        if not x.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Config search path", "provider="))
     ]
-    return "; ".join(parts)
+    out, listing = "", False
+    for line in lines:
+        if not out:
+            out = line
+        elif listing and not line.endswith(":"):
+            out += (" " if out.endswith(":") else ", ") + line
+        else:
+            out += (" " if out.endswith(":") else "; ") + line
+        listing = line.endswith(":") or (listing and not line.endswith(":"))
+    return out
 
 
 def _fail(message: str) -> None:
