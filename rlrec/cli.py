@@ -56,6 +56,20 @@ def friendly_errors() -> Iterator[None]:
     except OSError as err:  # a read-only directory, a full disk...
         where = f" {err.filename}" if err.filename else ""
         _fail(f"cannot use{where}: {err.strerror or err}")
+    except RuntimeError as err:  # torch reports memory exhaustion as a RuntimeError (OutOfMemoryError on CUDA)
+        if not _out_of_memory(err):
+            raise
+        _fail(
+            f"out of memory ({one_line(str(err))[:200]}): lower env.num_users, agent.batch_size or "
+            "agent.buffer_size, or use a device with more memory"
+        )
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def run_entry_point(main: Callable[[], object]) -> None:
@@ -71,6 +85,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
     with friendly_errors():
         try:
             main()
+        except KeyboardInterrupt:
+            print("interrupted: the last checkpoint is kept; run the same command to resume.", file=sys.stderr)
+            raise SystemExit(130) from None
         except (HydraException, OmegaConfBaseException) as err:
             cause = err.__cause__ if isinstance(err.__cause__, (OmegaConfBaseException, ConfigError)) else None
             if isinstance(cause, ConfigError):
