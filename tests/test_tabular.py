@@ -281,6 +281,14 @@ def test_slate_solvers_agree_with_the_dense_transition_tensor(tiny2):
     p_pi, _ = policy_transitions(mdp, pi)
     dense = mdp.P[torch.arange(mdp.n_states), pi]
     assert torch.allclose(p_pi[:-1], dense[:-1], atol=1e-12)
+    # The solvers' general path (outcome tensors that are not broadcast views) gives the same answers.
+    fields = {name: getattr(mdp, name) for name in TabularMDP.__dataclass_fields__}
+    general = TabularMDP(
+        **fields | {"outcome_next": mdp.outcome_next.contiguous(), "outcome_reward": mdp.outcome_reward.contiguous()}
+    )
+    assert torch.allclose(value_iteration(general)[1], v, atol=1e-12)
+    uniform = torch.full((mdp.n_states, mdp.n_actions), 1.0 / mdp.n_actions, dtype=torch.float64)
+    assert torch.allclose(evaluate_policy(general, uniform), evaluate_policy(mdp, uniform), atol=1e-12)
 
 
 @pytest.mark.parametrize("name", SLATE_SHOPS)
