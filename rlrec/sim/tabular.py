@@ -256,7 +256,7 @@ def build_tabular_mdp(shop: Shop) -> TabularMDP:
         fit, catalog.hype.to(f64)[slates], response.position_bias(k_slots, cfg, dtype=f64), cfg
     )
     click = response.click_probs(utilities, cfg)[..., 1:].unsqueeze(1)  # [G, 1, A, K]: P(click slot k)
-    ignored = 1 - click.sum(-1)  # [G, 1, A]
+    ignored = 1 - click.sum(-1)  # [G, 1, A]; written so, K = 1 gives the K = 1 MDP of before bit for bit
     sat = torch.arange(levels)
     # Purchase depends on satisfaction ([G, L, A, K]); the rating law does not ([G, 1, A, K, 5]).
     buy = response.purchase_prob(
