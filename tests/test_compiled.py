@@ -174,6 +174,35 @@ def test_compiled_step_agrees_with_the_eager_one(device):
     assert c_agent.updates == 29 and int(compiled.updates) == 29
 
 
+def test_the_trainer_leaves_agent_slates_unchecked_and_user_slates_checked(small_shop, monkeypatch):
+    """``env.check_actions`` costs a host sync per step: the trainers skip it for their agent's slates."""
+    agent = DQNAgent(AgentSpec.from_shop(small_shop), seed=0, device="cpu", **AGENT)
+    checks = []
+    check_slate = Shop._check_slate
+    monkeypatch.setattr(
+        Shop, "_check_slate", lambda self, slate, ids: checks.append(ids) or check_slate(self, slate, ids)
+    )
+    train_steps(small_shop, agent, 3)
+    assert checks == [False, False, False]
+    slate = small_shop.random_slate()
+    slate[0, 0] = small_shop.n_items
+    with pytest.raises(ValueError, match="out of range"):
+        small_shop.step(slate)
+    assert checks[-1] is True
+
+
+def test_a_checkpoint_of_a_cuda_graph_run_trains_on_cpu(small_shop):
+    """Adam steps with CUDA graphs in its capturable form, which cannot step on the CPU: loading turns it off."""
+    spec = AgentSpec.from_shop(small_shop)
+    agent = DQNAgent(spec, seed=0, device="cpu", **AGENT)
+    agent.optimizer.param_groups[0]["capturable"] = True  # as a compiled CUDA run saves it
+    restored = DQNAgent(spec, seed=0, device="cpu", **AGENT)
+    restored.load_state_dict(agent.state_dict())
+    assert restored.optimizer.param_groups[0]["capturable"] is False
+    train_steps(small_shop, restored, 3)
+    assert restored.updates > 0
+
+
 def test_compiled_step_needs_a_dqn(tiny_shop):
     agent = TabularQAgent(AgentSpec.from_shop(tiny_shop), seed=0, device="cpu")
     with pytest.raises(ConfigError, match="trainer.compile = true runs the DQN's training step"):

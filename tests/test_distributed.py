@@ -10,6 +10,7 @@ from conftest import CUDA
 from test_workflow import FAST, ROOT, run
 
 from rlrec.eval.sim_report import read_scalars
+from rlrec.train.distributed import RANK_SEED_STRIDE, World, quiet_rank_overrides
 from rlrec.train.run import load_checkpoint
 
 # FAST without its length: two ranks of 32 users each.
@@ -37,11 +38,11 @@ def test_two_ranks_train_one_network_rank0_writes_and_the_run_resumes(tmp_path):
     """torchrun --nproc_per_node=2: the ranks play their own users, keep identical networks through
     the updates, only rank 0 writes, and a resume restores both ranks exactly (the resumed run ends
     where the same run launched in one go by Hydra's submitit launcher ends)."""
-    run_dir = tmp_path / "run"
-    torchrun(*ARGS, "trainer.env_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    torchrun(*ARGS, "trainer.env_steps=20", cwd=tmp_path)  # into outputs/<date>/<time> of rank 0's clock
 
-    # Rank 0 alone wrote: one run directory (rank 1 made none of its own), one TensorBoard run, one log.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # Rank 0 alone wrote: one run directory (rank 1 named none of its own), one TensorBoard run, one log.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    [run_dir] = tmp_path.glob("outputs/*/*")
     assert sorted(p.name for p in run_dir.iterdir()) == [
         ".hydra",
         "checkpoint.pt",
@@ -104,3 +105,19 @@ def test_one_rank_on_cuda_with_nccl(tmp_path, device, compile):
     torchrun(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, nproc=1)
     saved = load_checkpoint(run_dir / "checkpoint.pt")
     assert saved["world_size"] == 1 and saved["env_step"] == 20 and saved["agent"]["updates"] == 19
+
+
+def test_ranks_other_than_0_are_quiet(monkeypatch):
+    """torchrun's rank r > 0 gets Hydra overrides that keep it from writing a log or naming a run directory."""
+    monkeypatch.setenv("RANK", "0")
+    assert quiet_rank_overrides(["env=tiny"]) == []
+    monkeypatch.setenv("RANK", "1")
+    assert quiet_rank_overrides(["env=tiny"]) == [
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+        "hydra.run.dir=.",
+    ]
+    assert "hydra.run.dir=." not in quiet_rank_overrides(["hydra.run.dir=/runs/a"])  # the user's, shared by all
+    assert quiet_rank_overrides(["-m", "seed=0,1"]) == []  # a sweep's launcher starts the ranks itself
+    world = World(rank=2, size=4)
+    assert world.seed(7) == 7 + 2 * RANK_SEED_STRIDE and not world.is_main and World().seed(7) == 7
