@@ -96,7 +96,8 @@ def test_sync_free_shop_step_resets_finished_rows_from_its_draws(small_shop):
     "hp",
     [
         {},
-        {"n_step": 3, "tau": 0.5, "double_dqn": False, "loss": "mse", "updates_per_step": 2, "learning_starts": 3 * B},
+        {"n_step": 3, "tau": 0.5, "double_dqn": False, "loss": "mse", "updates_per_step": 2, "learning_starts": 3 * B}
+        | {"buffer_size": 16 * B},  # the replay wraps around,
     ],
     ids=["default", "nstep_polyak"],
 )

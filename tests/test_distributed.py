@@ -87,6 +87,16 @@ def test_two_ranks_train_one_network_rank0_writes_and_the_run_resumes(tmp_path):
     assert proc.returncode == 2 and "was written by 2 rank(s) and this run has 1" in proc.stderr, proc.stderr
 
 
+def test_two_ranks_with_the_compiled_step(tmp_path):
+    """trainer.compile=true under torchrun: the network's forward is compiled inside DistributedDataParallel's,
+    and the gradients are still averaged (the ranks end with the same network)."""
+    run_dir = tmp_path / "run"
+    torchrun(*ARGS, "trainer.compile=true", "trainer.env_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    rank0, rank1 = ranks(load_checkpoint(run_dir / "checkpoint.pt"))
+    assert rank0["updates"] == rank1["updates"] == 19
+    assert same(rank0["q"], rank1["q"]) and not same(rank0["q"], rank0["q_target"])
+
+
 def test_distributed_needs_a_launcher_and_the_slurm_example_composes(tmp_path):
     proc = run("train.py", *ARGS, "trainer.env_steps=2", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "needs a launcher that starts one process per rank" in proc.stderr, proc.stderr

@@ -110,7 +110,10 @@ class TrainStep:
         if compile:
             mode = compile_mode(mode, self.device)
             self.collect = torch.compile(self._collect, mode=mode, dynamic=False, fullgraph=True)
-            self.forward = torch.compile(self._forward, mode=mode, dynamic=False, fullgraph=True)
+            # Under DistributedDataParallel (trainer.distributed) the network's forward is compiled on its
+            # own, inside DDP's (which runs eagerly to schedule the all-reduce of the gradients).
+            whole = agent.q_train is agent.q
+            self.forward = torch.compile(self._forward, mode=mode, dynamic=False, fullgraph=whole)
             self.apply = torch.compile(self._apply, mode=mode, dynamic=False)
 
     # ------------------------------------------------------------------ one step
