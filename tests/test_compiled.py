@@ -137,6 +137,11 @@ def test_sync_free_step_is_the_eager_loop(device, hp):
         )
         assert metrics.keys() == seen["metrics"].keys()
         assert_same(seen["metrics"], metrics, exact, what=f"step {i}: ")
+        if not exact:  # re-align, so that a last-bit difference cannot flip a near-tie some steps later
+            reference = tensors(ref_shop, ref, ref_tracker)
+            with torch.no_grad():
+                for key, value in tensors(shop, agent, tracker).items():
+                    value.copy_(reference[key])
     assert agent.updates == (29 if not hp else 28 * 2)
     assert torch.equal(ref.generator.get_state(), agent.generator.get_state())
     assert torch.equal(ref.buffer.generator.get_state(), agent.buffer.generator.get_state())

@@ -14,7 +14,8 @@ backward, Adam, target update, the episode metrics) in a form that ``torch.compi
   transitions seen) and the target network's copy (from the updates done);
 - the random numbers are drawn eagerly from the same ``torch.Generator`` objects and in the
   same order as the eager loop (``torch.compile`` cannot trace a generator) and enter the
-  graph as inputs: about 10 small kernels per step, then the captured graphs.
+  graph as inputs: about a dozen small kernels per step (K + 2 for exploration, 4 for the shop,
+  2 per update for the replay), then the captured graphs.
 
 The counters also advance on the host, as plain ints computed from the step index (never read
 back from the device), so ``learning_starts`` picks which graph runs (collect only, or
@@ -94,7 +95,8 @@ class TrainStep:
         self.seen = torch.tensor(agent.transitions_seen, device=self.device)  # transitions observed (epsilon)
         self.updates = torch.tensor(agent.updates, device=self.device)  # gradient steps (target copies)
         self.metrics = {"td_loss": torch.zeros((), device=self.device), "q_values": torch.zeros((), device=self.device)}
-        if self.device.type == "cuda":
+        mode = compile_mode(mode, self.device)
+        if compile and mode == "reduce-overhead" and self.device.type == "cuda":
             # CUDA graphs replay on fixed memory: keep the same storage across steps, and make
             # Adam's step counters device tensors (capturable) so that its update is captured too.
             for group in agent.optimizer.param_groups:
@@ -108,7 +110,6 @@ class TrainStep:
                 torch._dynamo.mark_static_address(tensor)
         self.collect, self.forward, self.apply = self._collect, self._forward, self._apply
         if compile:
-            mode = compile_mode(mode, self.device)
             self.collect = torch.compile(self._collect, mode=mode, dynamic=False, fullgraph=True)
             # Under DistributedDataParallel (trainer.distributed) the network's forward is compiled on its
             # own, inside DDP's (which runs eagerly to schedule the all-reduce of the gradients).
@@ -145,6 +146,7 @@ class TrainStep:
         return self.metrics
 
     # ------------------------------------------------------------------ the captured parts
+    @torch.no_grad()
     def _collect(self, picks: list[torch.Tensor], order: torch.Tensor, coins: torch.Tensor, draws: StepDraws) -> None:
         """Act (epsilon-greedy), step the shop, reset finished rows, store the transition, track metrics."""
         shop, agent, hp, buffer = self.shop, self.agent, self.hp, self.agent.buffer
