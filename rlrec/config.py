@@ -378,6 +378,15 @@ class TrainerConfig:
     # keys are listed); true accepts it and records the change in the checkpoint.
     allow_config_change: bool = False
     progress: bool = True  # tqdm progress bar
+    # The launch-free training step (rlrec/train/compiled.py, agent=dqn): collect, store, sample and
+    # update without host synchronisation, captured by torch.compile. Fresh users are drawn for
+    # every row, so the same seed gives another (equally distributed) run than the eager loop.
+    compile: bool = False
+    # torch.compile's mode for it; "auto": "reduce-overhead" (CUDA graphs) on CUDA, "default" on CPU
+    compile_mode: str = param("auto", choices=("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"))
+    # Data-parallel over the ranks that torchrun or SLURM starts (rlrec/train/distributed.py): each
+    # rank its own users and replay, gradients averaged; rank 0 logs and checkpoints.
+    distributed: bool = False
 
     def check(self, prefix: str = "trainer") -> None:
         from rlrec.eval.rollout import check_baseline_names

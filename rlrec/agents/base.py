@@ -175,16 +175,30 @@ def batch_size(obs: Observation) -> int:
     return obs["user_features"].shape[0]
 
 
-def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
-    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``."""
+def linear_schedule(start: float, end: float, duration: int, t: int | torch.Tensor) -> float | torch.Tensor:
+    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``.
+
+    ``t`` may be a 0-d integer tensor (the compiled step's counter): the result is then a float64
+    tensor with the value the int gives, computed on the device.
+    """
     if duration <= 0:
         return end
+    if isinstance(t, torch.Tensor):
+        return start + (end - start) * (t.double() / duration).clamp_max(1.0)
     return start + (end - start) * min(t / duration, 1.0)
 
 
 def explore_rows(
-    greedy: torch.Tensor, random: torch.Tensor, epsilon: float, generator: torch.Generator
+    greedy: torch.Tensor,
+    random: torch.Tensor,
+    epsilon: float | torch.Tensor,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Each row of ``greedy`` [B, K] replaced by the row of ``random`` with probability ``epsilon``."""
-    pick = torch.rand(greedy.shape[0], generator=generator, device=greedy.device) < epsilon
-    return torch.where(pick.unsqueeze(-1), random, greedy)
+    """Each row of ``greedy`` [B, K] replaced by the row of ``random`` with probability ``epsilon``.
+
+    The coin of row b is ``uniform[b] < epsilon``; ``uniform`` [B] is drawn from ``generator`` unless given.
+    """
+    if uniform is None:
+        uniform = torch.rand(greedy.shape[0], generator=generator, device=greedy.device)
+    return torch.where((uniform < epsilon).unsqueeze(-1), random, greedy)
