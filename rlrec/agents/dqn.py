@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule
-from rlrec.agents.nets import QNetwork
+from rlrec.agents.nets import QNetwork, ServingQ
 from rlrec.agents.replay import Batch, ReplayBuffer
 from rlrec.config import param, probability, require
 from rlrec.sim.env import Observation, random_slates
@@ -115,6 +115,11 @@ class DQNAgent(AgentBase):
             return greedy
         random = random_slates(greedy.shape[0], self.spec.n_items, k, self.generator)
         return explore_rows(greedy, random, self.epsilon, self.generator)
+
+    def scoring_module(self) -> torch.nn.Module:
+        """The online network's Q values of every item (their top K is the greedy slate), item
+        vectors computed once (:class:`~rlrec.agents.nets.ServingQ`)."""
+        return ServingQ(self.q)
 
     # ------------------------------------------------------------------ learning
     def observe(self, transition: Transition) -> None:
