@@ -40,6 +40,7 @@ from rlrec.config import ExplorationConfig, env_preset
 from rlrec.data.served import load_served
 from rlrec.serve.export import export_agent
 from rlrec.serve.process import ServiceProcess
+from rlrec.serve.traffic import run_loop
 from rlrec.sim.env import Shop
 
 
@@ -90,13 +91,14 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float)
     answers: list[dict] = []
     errors = 0
     headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
-        deadline = time.perf_counter() + seconds
-        counter = iter(range(10**9))
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
 
-        async def worker() -> None:
-            nonlocal errors
+    async def worker() -> None:
+        # one client, one keep-alive connection per worker: httpx's pool scans its connections
+        # on every request, so one shared pool of 32 costs the client several times more CPU
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=httpx.Limits(max_connections=1)) as client:
             while time.perf_counter() < deadline:
                 body = bodies[next(counter) % len(bodies)]
                 started = time.perf_counter()
@@ -111,7 +113,7 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float)
                 else:
                     errors += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, answers, errors
 
 
@@ -185,11 +187,11 @@ def run_point(
         ServiceProcess(model, store, "log_level=warning", "seed=0", *extra) as service,
         httpx.Client(base_url=service.url) as sync,
     ):
-        asyncio.run(drive(service.url, bodies, 4, min(2.0, seconds)))  # warm-up
+        run_loop(drive(service.url, bodies, 4, min(2.0, seconds)))  # warm-up
         for concurrency in concurrencies:
             before, cpu_server, cpu_client = server_metrics(sync), cpu_seconds(service.pid), time.process_time()
             started = time.perf_counter()
-            latencies, answers, errors = asyncio.run(drive(service.url, bodies, concurrency, seconds))
+            latencies, answers, errors = run_loop(drive(service.url, bodies, concurrency, seconds))
             elapsed = time.perf_counter() - started
             cpu_server, cpu_client = cpu_seconds(service.pid) - cpu_server, time.process_time() - cpu_client
             after = server_metrics(sync)

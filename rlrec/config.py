@@ -464,7 +464,7 @@ class ExplorationConfig:
 class StoreConfig:
     """Where a service logs its decisions and the feedback on them (rlrec/serve/store.py).
 
-    One writer thread commits records in batches: a request is answered once its record is
+    One writer commits records in batches: a request is answered once its record is
     committed, so a crash (kill -9) loses no answered request.
     """
 
@@ -477,6 +477,9 @@ class StoreConfig:
     # SQLite: NORMAL survives a crash of the service; FULL also a crash of the machine (an fsync per commit)
     synchronous: str = param("NORMAL", choices=("NORMAL", "FULL"))
     max_pending: int = param(10_000, ge=1)  # records waiting for the writer before new requests get 503
+    # who commits: "auto" = SQLite on the event loop's thread (a local commit costs less than waking
+    # another thread), a server database on a writer thread (its commits wait for the network)
+    writer: str = param("auto", choices=("auto", "loop", "thread"))
 
     def check(self, prefix: str = "store") -> None:
         require(

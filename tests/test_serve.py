@@ -32,7 +32,7 @@ from rlrec.serve.export import example_observation, export_agent, export_run, in
 from rlrec.serve.model import ModelError, load_model
 from rlrec.serve.process import ServiceProcess
 from rlrec.serve.store import DUPLICATE, DecisionRecord, FeedbackRecord, SQLStore, StoreError
-from rlrec.serve.traffic import play
+from rlrec.serve.traffic import play, run_loop
 from rlrec.sim import response
 from rlrec.sim.env import Shop
 from rlrec.train.run import load_run
@@ -248,12 +248,15 @@ def _record(request_id, items=(3, 1), propensities=(0.5, 0.25)):
     )
 
 
-@pytest.mark.parametrize("via", ["path", "url"])
-def test_the_store_logs_decisions_and_merges_feedback(tmp_path, via):
+@pytest.mark.parametrize("via, writer", [("path", "loop"), ("url", "thread")])
+def test_the_store_logs_decisions_and_merges_feedback(tmp_path, via, writer):
     """Decisions go in once per request id; feedback merges upward and is idempotent; what
-    load_served reads back is a LoggedData with the logged items, positions, propensities and clicks."""
+    load_served reads back is a LoggedData with the logged items, positions, propensities and clicks.
+    (The writer on the event loop's thread, SQLite's default, and on a thread of its own.)"""
     db = tmp_path / "log.db"
-    cfg = StoreConfig(path=str(db)) if via == "path" else StoreConfig(url=f"sqlite:///{db}")
+    cfg = (
+        StoreConfig(path=str(db), writer=writer) if via == "path" else StoreConfig(url=f"sqlite:///{db}", writer=writer)
+    )
     store = SQLStore(cfg)
     catalog = {"category": [0] * N_ITEMS, "brand": [1] * N_ITEMS, "price": [2.5] * N_ITEMS}
     store.register_model({"model_version": "v1", "user_features": {"sizes": [6, 3, 8]}}, catalog)
@@ -497,6 +500,7 @@ def test_hot_swap_under_load_fails_no_request(exported, tmp_path):
     assert refused.status_code == 409 and "model not swapped" in refused.json()["error"]
     assert swapped.json() == {"previous": v2, "model_version": v1, "swapped": True}
     assert "rlrec_model_swaps_total 2.0" in metrics and "rlrec_model_reload_failures_total 1.0" in metrics
+    assert f'rlrec_model_info{{version="{v1}"}} 1.0' in metrics and f'rlrec_model_info{{version="{v2}"}} 0.0' in metrics
     for client in seen:
         versions = [v for v, _ in itertools.groupby(answer["model_version"] for _, answer in client)]
         assert versions == [v1, v2, v1], versions
@@ -561,6 +565,27 @@ def test_kill_9_under_load_loses_no_answered_request(exported, tmp_path):
     for event in acknowledged:
         assert clicks[(event["request_id"], event["position"])] == int(event["click"])
     assert len(answered) >= 300 and len(acknowledged) >= 250
+
+
+def test_two_worker_processes_share_the_store_and_sum_their_metrics(exported, tmp_path):
+    """workers=2: each request on a new connection (the kernel hands connections to either
+    worker); feedback finds its decision whichever worker logged it; /metrics sums both."""
+    store = tmp_path / "workers.db"
+    with ServiceProcess(exported[0], store, "workers=2") as service:
+        for i in range(60):
+            got = httpx.post(f"{service.url}/v1/recommend", json={**GOOD, "request_id": f"w{i}"}, timeout=10)
+            assert got.status_code == 200, got.text
+            event = {"request_id": f"w{i}", "position": 1, "click": True}
+            assert httpx.post(f"{service.url}/v1/feedback", json=event, timeout=10).status_code == 200
+        text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    assert 'rlrec_requests_total{endpoint="/v1/recommend",status="200"} 60.0' in text
+    assert 'rlrec_requests_total{endpoint="/v1/feedback",status="200"} 60.0' in text
+    data = load_served(store)
+    assert (
+        len(data.request_ids) == 60
+        and int(data.click.sum()) == 60
+        and set(data.position[data.click > 0].tolist()) == {1}
+    )
 
 
 # ----------------------------------------------------------------------------- the command lines
@@ -629,7 +654,7 @@ def test_train_export_serve_then_estimate_a_policy_from_the_served_logs(tmp_path
     model = export_run(run_dir, tmp_path / "model", exploration=logging_policy)
     store = tmp_path / "served.db"
     with ServiceProcess(model, store, "seed=11") as service:
-        traffic = asyncio.run(play(service.url, 4096, concurrency=64, max_steps=1, seed=5, feedback_batches=True))
+        traffic = run_loop(play(service.url, 4096, concurrency=64, max_steps=1, seed=5, feedback_batches=True))
     assert traffic.requests == traffic.feedback == 4096 and traffic.errors == 0
 
     run(

@@ -296,7 +296,7 @@ class Metrics:
 
     def serving(self, old: str | None, new: str) -> None:
         if old is not None and old != new:
-            self.model.remove(old)
+            self.model.labels(old).set(0)  # (removing a label does not reach other worker processes)
         self.model.labels(new).set(1)
 
     def render(self) -> bytes:
@@ -369,7 +369,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await asyncio.to_thread(store.close)  # commits what is queued
+            if store.in_loop:  # commits what is queued
+                store.close()
+            else:
+                await asyncio.to_thread(store.close)
 
     async def _reload(path: str | None) -> tuple[str, str]:
         holder, store = state["holder"], state["store"]
@@ -506,7 +509,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         store = state["store"]
-        alive = store._writer.is_alive()
+        alive = store.healthy
         return JSONResponse(
             {
                 "status": "ok" if alive else "store writer stopped",
@@ -674,6 +677,7 @@ def _configure_logging(level: str) -> None:
 
 def serve(cfg: ServeConfig) -> None:
     """Run the service (blocks): the model of ``cfg`` on uvicorn with ``cfg.workers`` processes."""
+    import inspect
     import tempfile
 
     import uvicorn
@@ -688,6 +692,9 @@ def serve(cfg: ServeConfig) -> None:
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rlrec-metrics-")
+    options = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        options["timeout_worker_healthcheck"] = 120  # a worker loads torch and the model before it answers
     uvicorn.run(
         "rlrec.serve.app:create_app_from_env",
         factory=True,
@@ -697,6 +704,7 @@ def serve(cfg: ServeConfig) -> None:
         log_level=cfg.log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **options,
     )
 
 

@@ -14,7 +14,8 @@ store is a URL (``store.path`` becomes ``sqlite:///<path>``; ``store.url`` takes
 - ``models``: the manifest of every model that served; ``catalog``: the observable item
   features of the catalog these logs are about (a service with another catalog is refused).
 
-Durability. One writer thread owns all writes. Records queue up; the writer takes every
+Durability. One writer owns all writes (the event loop's thread for SQLite, a thread of its
+own for a server database; :class:`SQLStore`). Records queue up; the writer takes every
 record waiting (at most ``max_batch``, after waiting at most ``max_delay_ms`` for more),
 writes them in one transaction and commits, and only then are their requests answered. So a
 ``kill -9`` loses no answered request: what it loses is the requests still in flight (received,
@@ -236,11 +237,17 @@ _STOP = object()
 
 
 class SQLStore:
-    """The decision log behind one writer thread (see the module docstring).
+    """The decision log and its one writer (see the module docstring).
 
     ``await record_decision(r)`` returns the decision's seq (or :data:`DUPLICATE`) once it is
     committed; ``await record_feedback(r)`` returns once the event is committed. Reads
     (:meth:`find`) run on the caller's thread through their own connection.
+
+    Where the writer runs (``store.writer``): a SQLite commit is a few tens of microseconds of
+    local work, less than waking another thread costs, so by default SQLite is written from the
+    event loop's own thread (a callback takes every record queued since the last commit); a
+    server database, where a commit waits for the network, gets a writer thread of its own.
+    Either way one writer does all the writing, in batches.
     """
 
     def __init__(self, cfg: StoreConfig, on_commit: Callable[[int, float], None] | None = None) -> None:
@@ -251,11 +258,17 @@ class SQLStore:
         self.engine = open_engine(self.location, create=True, synchronous=cfg.synchronous)
         self._insert = (sqlite if self.engine.dialect.name == "sqlite" else postgresql).insert
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._pending_lock = threading.Lock()
-        self._writer = threading.Thread(target=self._run, name="rlrec-store-writer", daemon=True)
-        self._writer.start()
+        self._connection: Any = None  # the writer's own connection
+        self.in_loop = cfg.writer == "loop" or (cfg.writer == "auto" and self.engine.dialect.name == "sqlite")
+        self._batch: list = []  # in-loop writer: records since the last commit
+        self._scheduled = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # writer thread: records to take
+        self._writer = None
+        if not self.in_loop:
+            self._writer = threading.Thread(target=self._run, name="rlrec-store-writer", daemon=True)
+            self._writer.start()
 
     # ------------------------------------------------------------------ writing
     async def record_decision(self, record: DecisionRecord) -> Any:
@@ -269,6 +282,11 @@ class SQLStore:
         """Records waiting for (or in) a commit."""
         return self._pending
 
+    @property
+    def healthy(self) -> bool:
+        """The writer is running."""
+        return self.in_loop or (self._writer is not None and self._writer.is_alive())
+
     def _submit(self, kind: str, record: Any) -> asyncio.Future:
         with self._pending_lock:
             if self._pending >= self.cfg.max_pending:
@@ -276,12 +294,28 @@ class SQLStore:
             self._pending += 1
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((kind, record, future, loop))
+        if not self.in_loop:
+            self._queue.put((kind, record, future, loop))
+            return future
+        self._batch.append((kind, record, future, loop))
+        if not self._scheduled:  # one commit for everything that arrives before it runs
+            self._scheduled = True
+            if self.cfg.max_delay_ms > 0:
+                loop.call_later(self.cfg.max_delay_ms / 1000, self._flush)
+            else:
+                loop.call_soon(self._flush)
         return future
 
+    def _flush(self) -> None:
+        """In-loop writer: commit what has been queued, ``max_batch`` records at a time."""
+        self._scheduled = False
+        while self._batch:
+            batch, self._batch = self._batch[: self.cfg.max_batch], self._batch[self.cfg.max_batch :]
+            _settle(self._commit(batch))
+
     def _run(self) -> None:
+        """Writer thread: take what is queued (waiting at most ``max_delay_ms`` for more), commit, answer."""
         delay = self.cfg.max_delay_ms / 1000
-        connection = None
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -290,45 +324,49 @@ class SQLStore:
             deadline = time.monotonic() + delay
             while len(batch) < self.cfg.max_batch:
                 try:
-                    item = (
-                        self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                        if delay
-                        else self._queue.get_nowait()
-                    )
+                    if delay:
+                        item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                    else:
+                        item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stop = True
                     break
                 batch.append(item)
-            started = time.perf_counter()
-            try:
-                if connection is None:
-                    connection = self.engine.connect()
-                with connection.begin():
-                    results = self._write(connection, batch)
-                outcome = [(future, loop, result, None) for (_, _, future, loop), result in zip(batch, results)]
-                if self._on_commit is not None:
-                    self._on_commit(len(batch), time.perf_counter() - started)
-            except Exception as err:  # the transaction rolled back: nothing of this batch is stored
-                log.error("could not write %d records to the store: %s", len(batch), err)
-                failure = StoreUnavailable(f"the decision log could not be written ({type(err).__name__}: {err})")
-                outcome = [(future, loop, None, failure) for _, _, future, loop in batch]
-                if connection is not None:
-                    connection.invalidate()
-                    connection = None
-            with self._pending_lock:
-                self._pending -= len(batch)
-            for loop in {item[1] for item in outcome}:
-                mine = [item for item in outcome if item[1] is loop]
+            outcome = self._commit(batch)
+            for loop in {item[3] for item in batch}:
+                mine = [o for o, item in zip(outcome, batch) if item[3] is loop]
                 try:
                     loop.call_soon_threadsafe(_settle, mine)
                 except RuntimeError:  # the event loop is closed: nobody is waiting
                     pass
             if stop:
                 break
-        if connection is not None:
-            connection.close()
+        if self._connection is not None:
+            self._connection.close()
+
+    def _commit(self, batch: list) -> list[tuple]:
+        """Write ``batch`` in one transaction; (future, result, error) per record."""
+        started = time.perf_counter()
+        try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            with self._connection.begin():
+                results = self._write(self._connection, batch)
+            outcome = [(item[2], result, None) for item, result in zip(batch, results)]
+            if self._on_commit is not None:
+                self._on_commit(len(batch), time.perf_counter() - started)
+        except Exception as err:  # the transaction rolled back: nothing of this batch is stored
+            log.error("could not write %d records to the store: %s", len(batch), err)
+            failure = StoreUnavailable(f"the decision log could not be written ({type(err).__name__}: {err})")
+            outcome = [(item[2], None, failure) for item in batch]
+            if self._connection is not None:
+                self._connection.invalidate()
+                self._connection = None
+        with self._pending_lock:
+            self._pending -= len(batch)
+        return outcome
 
     def _write(self, conn: Any, batch: list) -> list[Any]:
         """Write one batch (inside the caller's transaction); per record, the value its future gets."""
@@ -387,8 +425,13 @@ class SQLStore:
 
     def close(self) -> None:
         """Commit everything queued, then stop the writer."""
-        self._queue.put(_STOP)
-        self._writer.join()
+        if self.in_loop:
+            self._flush()
+            if self._connection is not None:
+                self._connection.close()
+        else:
+            self._queue.put(_STOP)
+            self._writer.join()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ reading
@@ -479,7 +522,7 @@ def _greater(new: Any, old: Any) -> Any:
 
 
 def _settle(items: list) -> None:
-    for future, _, result, error in items:
+    for future, result, error in items:
         if future.done():  # the client went away and the request was cancelled
             continue
         if error is not None:

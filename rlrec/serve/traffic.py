@@ -89,7 +89,6 @@ async def play(
     seed: int = 0,
     prefix: str = "sim",
     keep: bool = False,
-    client: Any = None,
     retries: int = 3,
     feedback_batches: bool = False,
 ) -> TrafficReport:
@@ -102,15 +101,17 @@ async def play(
     """
     import httpx
 
-    own = client is None
-    client = client or httpx.AsyncClient(base_url=url, timeout=30.0, limits=httpx.Limits(max_connections=concurrency))
+    # one client and one keep-alive connection per session, as separate customers would have
+    # (a single pool of many connections also costs httpx several times more CPU per request)
+    clients = [httpx.AsyncClient(base_url=url, timeout=30.0, limits=httpx.Limits(max_connections=1))
+               for _ in range(concurrency)]  # fmt: skip
     report = TrafficReport()
     try:
-        manifest = (await client.get("/v1/model")).raise_for_status().json()["manifest"]
+        manifest = (await clients[0].get("/v1/model")).raise_for_status().json()["manifest"]
         shop = shop_for(manifest, concurrency, max_steps, seed)
         n_items, sent, started = shop.n_items, 0, time.perf_counter()
 
-        async def post(path: str, body: Any) -> dict[str, Any]:
+        async def post(path: str, body: Any, client: Any) -> dict[str, Any]:
             for attempt in range(retries + 1):
                 try:
                     answer = await client.post(path, json=body)
@@ -129,7 +130,7 @@ async def play(
         while sent < requests:
             ids = [f"{prefix}-{sent + b}" for b in range(concurrency)]
             bodies = [request_body(obs, b, n_items, ids[b]) for b in range(concurrency)]
-            answers = await asyncio.gather(*(post("/v1/recommend", body) for body in bodies))
+            answers = await asyncio.gather(*(post("/v1/recommend", body, c) for body, c in zip(bodies, clients)))
             sent += concurrency
             report.requests += concurrency
             for answer in answers:
@@ -153,18 +154,27 @@ async def play(
                 for b in range(concurrency)
             ]
             if feedback_batches:
-                await post("/v1/feedback", events)
+                await post("/v1/feedback", events, clients[0])
             else:
-                await asyncio.gather(*(post("/v1/feedback", event) for event in events))
+                await asyncio.gather(*(post("/v1/feedback", event, c) for event, c in zip(events, clients)))
             report.feedback += len(events)
             report.clicks += sum(click)
             report.purchases += sum(purchase)
             obs = result.obs
         report.seconds = time.perf_counter() - started
     finally:
-        if own:
+        for client in clients:
             await client.aclose()
     return report
+
+
+def run_loop(coroutine: Any) -> Any:
+    """``asyncio.run``, on uvloop when it is installed (a cheaper event loop for many connections)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with friendly_errors():
         try:
-            report = asyncio.run(
+            report = run_loop(
                 play(args.url, args.requests, args.concurrency, args.max_steps, args.seed, prefix=args.prefix)
             )
         except (httpx.TransportError, httpx.HTTPStatusError) as err:
