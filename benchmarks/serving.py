@@ -11,9 +11,13 @@ click or not, at a random position), and the store is read back: every answered 
 must be there with the items and propensities it was answered with, and every feedback event.
 
 Grid: N in {1,000, 10,000, 100,000} x concurrency in {1, 32} (``--quick``: N in {1,000,
-10,000}, 3 s per point). Prints a table and writes JSON rows ``{"N", "concurrency", "p50_ms",
-"p95_ms", "p99_ms", "rps", "errors"}`` (latency of /v1/recommend as the client sees it,
-answered recommendations per second), plus what bounds them: CPU milliseconds per request
+10,000}, 3 s per point). ``--baseline`` first measures the same clients against a FastAPI
+endpoint that does nothing (rows with ``"N": 0``): the ceiling of this machine and client at
+that moment, which the service's own rows are to be read against.
+
+Prints a table and writes JSON rows ``{"N", "concurrency", "p50_ms", "p95_ms", "p99_ms",
+"rps", "errors"}`` (latency of /v1/recommend as the client sees it, answered
+recommendations per second), plus what bounds them: CPU milliseconds per request
 spent by the server process and by the client, the server's mean scoring batch, its scoring
 and commit times, and the machine's load average.
 """
@@ -33,21 +37,93 @@ from pathlib import Path
 
 import httpx
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from rlrec.agents.base import AgentSpec
 from rlrec.agents.dqn import DQNAgent
 from rlrec.config import ExplorationConfig, env_preset
 from rlrec.data.served import load_served
 from rlrec.serve.export import export_agent
-from rlrec.serve.process import ServiceProcess
+from rlrec.serve.process import ServiceProcess, free_port
 from rlrec.serve.traffic import run_loop
 from rlrec.sim.env import Shop
+
+
+def baseline_app():
+    """A FastAPI app whose recommend endpoint reads the body and answers a constant (``--baseline``)."""
+    app = FastAPI()
+
+    @app.post("/v1/recommend")
+    async def recommend(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"request_id": "0", "model_version": "none", "items": [0], "propensities": [1.0]})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+def run_baseline(concurrencies: list[int], seconds: float) -> list[dict]:
+    import subprocess
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serving:baseline_app", "--factory", "--port", str(port),
+           "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
+    url, rows = f"http://127.0.0.1:{port}", []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        bodies = request_bodies(64, 1000, seed=0)
+        run_loop(drive(url, bodies, 4, 1.0))
+        for concurrency in concurrencies:
+            cpu_server, cpu_client = cpu_seconds(proc.pid), time.process_time()
+            started = time.perf_counter()
+            latencies, answers, errors = run_loop(drive(url, bodies, concurrency, seconds))
+            elapsed, n = time.perf_counter() - started, max(len(answers), 1)
+            row = {
+                "N": 0,
+                "concurrency": concurrency,
+                "p50_ms": 1e3 * percentile(latencies, 0.50),
+                "p95_ms": 1e3 * percentile(latencies, 0.95),
+                "p99_ms": 1e3 * percentile(latencies, 0.99),
+                "rps": len(answers) / elapsed,
+                "errors": errors,
+                "requests": len(answers),
+                "server_cpu_ms_per_request": 1e3 * (cpu_seconds(proc.pid) - cpu_server) / n,
+                "client_cpu_ms_per_request": 1e3 * (time.process_time() - cpu_client) / n,
+                "load_average": os.getloadavg()[0],
+                "endpoint": "a FastAPI endpoint that does nothing",
+            }
+            rows.append(row)
+            print_row(row)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return rows
+
+
+def print_row(row: dict) -> None:
+    print(
+        f"{row['N']:>7} {row['concurrency']:>4} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+        f"{row['rps']:>8.0f} {row['errors']:>6} {row['server_cpu_ms_per_request']:>8.2f} "
+        f"{row['client_cpu_ms_per_request']:>8.2f} {row.get('mean_scoring_batch', 0):>6.1f} "
+        f"{row['load_average']:>5.1f}",
+        flush=True,
+    )
 
 
 def export_model(n_items: int, directory: Path, exploration: ExplorationConfig) -> Path:
     shop = Shop(env_preset("default", n_items=n_items, num_users=1, device="cpu"))
     agent = DQNAgent(AgentSpec.from_shop(shop), device="cpu", buffer_size=1, batch_size=1)
-    return export_agent(agent, shop.cfg, directory / f"model-{n_items}", exploration=exploration, onnx=False)
+    return export_agent(agent, shop.cfg, directory / f"model-{n_items}", exploration=exploration)
 
 
 def request_bodies(n: int, n_items: int, seed: int) -> list[bytes]:
@@ -227,13 +303,7 @@ def run_point(
                 **check,
             }
             rows.append(row)
-            print(
-                f"{n_items:>7} {concurrency:>4} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                f"{row['rps']:>8.0f} {row['errors']:>6} {row['server_cpu_ms_per_request']:>8.2f} "
-                f"{row['client_cpu_ms_per_request']:>8.2f} {row['mean_scoring_batch']:>6.1f} "
-                f"{row['load_average']:>5.1f}",
-                flush=True,
-            )
+            print_row(row)
     return rows
 
 
@@ -245,7 +315,8 @@ def main() -> None:
     parser.add_argument("--n-items", type=int, nargs="*", default=None)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 32])
     parser.add_argument("--exploration", default="epsilon_greedy", choices=["greedy", "epsilon_greedy", "softmax"])
-    parser.add_argument("--backend", default="torchscript", choices=["torchscript", "onnx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx"])
+    parser.add_argument("--baseline", action="store_true", help="first, the same clients against a do-nothing endpoint")
     args = parser.parse_args()
 
     sizes = args.n_items or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000])
@@ -259,12 +330,12 @@ def main() -> None:
         f"{'N':>7} {'conc':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6} "
         f"{'srv cpu':>8} {'cli cpu':>8} {'batch':>6} {'load':>5}"
     )
-    rows = []
+    rows = run_baseline(args.concurrency, seconds) if args.baseline else []
     with tempfile.TemporaryDirectory(prefix="rlrec-bench-") as tmp:
         work = Path(tmp)
         for n_items in sizes:
             model = export_model(n_items, work, exploration)
-            extra = [f"backend={args.backend}"] if args.backend != "torchscript" else []
+            extra = [f"backend={args.backend}"]
             rows += run_point(model, n_items, args.concurrency, seconds, work, extra)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)

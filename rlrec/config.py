@@ -499,7 +499,9 @@ class ServeConfig:
     host: str = param("127.0.0.1", text="a host name or address to listen on")  # 0.0.0.0: every interface
     port: int = param(8000, ge=1, le=65535)
     workers: int = param(1, ge=1, le=64)  # server processes (each loads the model and writes to the store)
-    backend: str = param("torchscript", choices=("torchscript", "onnx"))  # onnx needs onnxruntime
+    # the engine that scores: "auto" = ONNX Runtime when installed and the export has an ONNX
+    # graph (about 2x faster here on small batches), else TorchScript
+    backend: str = param("auto", choices=("auto", "torchscript", "onnx"))
     max_batch: int = param(64, ge=1, le=4096)  # requests scored together when they arrive together
     # seeds each request's exploration with (seed, request_id): a decision can be replayed
     # exactly; None draws a fresh seed at every start

@@ -3,6 +3,7 @@
 
 import asyncio
 import collections
+import importlib.util
 import itertools
 import json
 import math
@@ -31,7 +32,7 @@ from rlrec.serve.exploration import decide, draw, plackett_luce_marginals, posit
 from rlrec.serve.export import example_observation, export_agent, export_run, input_names, publish
 from rlrec.serve.model import ModelError, load_model
 from rlrec.serve.process import ServiceProcess
-from rlrec.serve.store import DUPLICATE, DecisionRecord, FeedbackRecord, SQLStore, StoreError
+from rlrec.serve.store import DUPLICATE, LOGGED, DecisionRecord, FeedbackRecord, SQLStore, StoreError
 from rlrec.serve.traffic import play, run_loop
 from rlrec.sim import response
 from rlrec.sim.env import Shop
@@ -264,13 +265,14 @@ def test_the_store_logs_decisions_and_merges_feedback(tmp_path, via, writer):
     async def scenario():
         first, again = await asyncio.gather(store.record_decision(_record("a")), store.record_decision(_record("a")))
         second = await store.record_decision(_record("b", (7, 8, 9), (0.1, 0.2, 0.3)))
-        events = [(first, 1, 1, 0, 0), (first, 1, 1, 1, 4), (first, 1, 1, 0, 0), (second, 2, 0, 0, 0)]
+        retried = await store.record_decision(_record("b", (7, 8, 9), (0.1, 0.2, 0.3)))  # in a later batch
+        events = [("a", 1, 1, 0, 0), ("a", 1, 1, 1, 4), ("a", 1, 1, 0, 0), ("b", 2, 0, 0, 0)]
         await asyncio.gather(*(store.record_feedback(FeedbackRecord(*e, time.time())) for e in events))
-        await store.record_feedback(FeedbackRecord(first, 1, 1, 0, 0, time.time()))  # a late duplicate
-        return first, again, second
+        await store.record_feedback(FeedbackRecord("a", 1, 1, 0, 0, time.time()))  # a late duplicate
+        return first, again, second, retried
 
-    first, again, second = asyncio.run(scenario())
-    assert isinstance(first, int) and again is DUPLICATE and second != first
+    first, again, second, retried = asyncio.run(scenario())
+    assert (first, again, second, retried) == (LOGGED, DUPLICATE, LOGGED, DUPLICATE)
     assert store.find("a").items == [3, 1] and store.find("nope") is None
     with pytest.raises(StoreError, match="holds the logs of another catalog"):
         store.register_model({"model_version": "v2"}, {**catalog, "price": [3.0] * N_ITEMS})
@@ -420,7 +422,8 @@ def test_health_model_and_metrics(service, exported):
         manifest = json.loads((exported[0] / "manifest.json").read_text())
         assert health["status"] == "ok" and health["model_version"] == manifest["model_version"]
         model = client.get("/v1/model").json()
-        assert model["model_version"] == manifest["model_version"] and model["backend"] == "torchscript"
+        expected_backend = "onnx" if importlib.util.find_spec("onnxruntime") else "torchscript"  # backend=auto
+        assert model["model_version"] == manifest["model_version"] and model["backend"] == expected_backend
         assert model["exploration"] == {"kind": "epsilon_greedy", "epsilon": 0.2, "temperature": 1.0, "pool": 100}
         for key in ("env_fingerprint", "n_items", "slate_size", "user_features", "rlrec_version", "sha256"):
             assert key in model["manifest"]

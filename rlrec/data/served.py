@@ -110,14 +110,14 @@ def load_served(store: str | Path, model_version: str | None = None) -> ServedDa
             .order_by(d.c.seq)
         ).all()
         shown = conn.execute(
-            select(i.c.decision, i.c.position, i.c.item, i.c.propensity, f.c.click, f.c.purchase, f.c.rating)
+            select(d.c.seq, i.c.position, i.c.item, i.c.propensity, f.c.click, f.c.purchase, f.c.rating)
             .select_from(
-                i.join(d, i.c.decision == d.c.seq).outerjoin(
-                    f, and_(f.c.decision == i.c.decision, f.c.position == i.c.position)
+                i.join(d, i.c.request_id == d.c.request_id).outerjoin(
+                    f, and_(f.c.request_id == i.c.request_id, f.c.position == i.c.position)
                 )
             )
             .where(which)
-            .order_by(i.c.decision, i.c.position)
+            .order_by(d.c.seq, i.c.position)
         ).all()
         catalog = conn.execute(select(t["catalog"]).order_by(t["catalog"].c.item)).all()
         manifests = {row.version: json.loads(row.manifest) for row in conn.execute(select(t["models"])).all()}
@@ -133,7 +133,7 @@ def load_served(store: str | Path, model_version: str | None = None) -> ServedDa
         return torch.tensor(json.loads("[" + ",".join(column(decisions, name)) + "]"), dtype=torch.long)
 
     seqs = np.array(column(decisions, "seq"))
-    row_decision = torch.from_numpy(np.searchsorted(seqs, np.array(column(shown, "decision"))))
+    row_decision = torch.from_numpy(np.searchsorted(seqs, np.array(column(shown, "seq"))))
     per_row = lambda values: values[row_decision]
     satisfaction = column(decisions, "satisfaction")
     feedback = torch.tensor([r.click is not None for r in shown])

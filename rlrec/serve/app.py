@@ -22,6 +22,7 @@ naming the field and what is allowed; nothing a client sends can stop the servic
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -55,7 +56,7 @@ from rlrec.serve.store import (
 log = logging.getLogger("rlrec.serve")
 REQUEST_ID = r"^[A-Za-z0-9._:-]+$"
 CONFIG_ENV = "RLREC_SERVE_CONFIG"  # the service's config, for uvicorn's worker processes
-RECENT_DECISIONS = 100_000  # request id -> (seq, k) kept in memory for the feedback that follows
+RECENT_DECISIONS = 100_000  # request id -> k kept in memory for the feedback that follows
 
 
 # ----------------------------------------------------------------------------- the HTTP contract
@@ -344,7 +345,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     """The service for ``cfg`` (model, store and settings are opened when it starts)."""
     metrics = Metrics()
     state: dict[str, Any] = {}
-    recent: OrderedDict[str, tuple[int, int]] = OrderedDict()
+    recent: OrderedDict[str, int] = OrderedDict()
 
     async def lifespan(app: FastAPI):
         torch.set_num_threads(1)  # one core per scoring thread: HTTP and the log writer keep theirs
@@ -356,6 +357,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         state.update(holder=holder, store=store, scorer=BatchScorer(cfg.max_batch, metrics), started=time.time())
         state["reload_lock"] = asyncio.Lock()
         watcher = asyncio.create_task(_watch()) if cfg.reload_interval_s > 0 else None
+        gc.freeze()  # what startup built lives as long as the service: keep it out of every collection
         log.info(
             "serving %s (%s, %s exploration) from %s; logging to %s",
             holder.current.version,
@@ -447,12 +449,12 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             items=decision.items,
             propensities=decision.propensities,
         )
-        seq = await _log(state["store"].record_decision(record))
-        if seq is DUPLICATE:  # a retry: the answer first given, if it is the same request
+        logged = await _log(state["store"].record_decision(record))
+        if logged is DUPLICATE:  # a retry: the answer first given, if it is the same request
             stored = await asyncio.to_thread(state["store"].find, request_id)
             if stored.request_hash != record.request_hash:
                 raise HTTPError(409, f"request_id {request_id!r} was already used for another request; send a new id.")
-            _remember(request_id, stored.seq, stored.k)
+            _remember(request_id, stored.k)
             return JSONResponse(
                 {
                     "request_id": request_id,
@@ -462,7 +464,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 },
                 headers={"Idempotent-Replay": "true"},
             )
-        _remember(request_id, seq, k)
+        _remember(request_id, k)
         metrics.decisions.labels(str(decision.explored).lower()).inc()
         return JSONResponse(
             {
@@ -488,8 +490,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                         f"unknown request_id {event.request_id!r}: no recommendation with this id is logged "
                         "(use the request_id that /v1/recommend returned).",
                     )
-                found = _remember(event.request_id, stored.seq, stored.k)
-            seq, k = found
+                found = _remember(event.request_id, stored.k)
+            k = found
             if event.position >= k:
                 loc = ("position",) if not isinstance(body, list) else (j, "position")
                 raise Invalid(
@@ -497,7 +499,12 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 )
             records.append(
                 FeedbackRecord(
-                    seq, event.position, int(event.click), int(event.purchase), event.rating or 0, time.time()
+                    event.request_id,
+                    event.position,
+                    int(event.click),
+                    int(event.purchase),
+                    event.rating or 0,
+                    time.time(),
                 )
             )
         await _log(asyncio.gather(*(state["store"].record_feedback(r) for r in records)))
@@ -566,11 +573,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         except (StoreOverloaded, StoreUnavailable) as err:
             raise HTTPError(503, f"{err}; retry shortly.") from None
 
-    def _remember(request_id: str, seq: int, k: int) -> tuple[int, int]:
-        recent[request_id] = (seq, k)
+    def _remember(request_id: str, k: int) -> int:
+        recent[request_id] = k
         if len(recent) > RECENT_DECISIONS:
             recent.popitem(last=False)
-        return seq, k
+        return k
 
     cfg_seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     return app

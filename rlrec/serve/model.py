@@ -13,6 +13,7 @@ reference assignment, made after the new model has loaded and passed its checks.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import threading
 from collections.abc import Callable
@@ -114,6 +115,8 @@ def load_model(
     settings = (exploration or ExplorationConfig()).resolved(manifest["exploration"])
     if settings.kind == "manifest":
         raise ModelError(f"{path}/manifest.json names no exploration; export the model again.")
+    if backend == "auto":
+        backend = "onnx" if manifest["files"].get("onnx") and importlib.util.find_spec("onnxruntime") else "torchscript"
     if backend == "onnx":
         scorer = _onnx_session(path, manifest)
     else:

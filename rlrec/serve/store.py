@@ -42,7 +42,7 @@ from rlrec.config import ConfigError, StoreConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 class StoreError(ConfigError):
@@ -65,7 +65,7 @@ def _tables():
     Table(
         "decisions",
         metadata,
-        Column("seq", Integer, primary_key=True, autoincrement=True),
+        Column("seq", Integer, primary_key=True, autoincrement=True),  # the order decisions were logged in
         Column("request_id", String(64), nullable=False, unique=True),
         Column("request_hash", String(32), nullable=False),
         Column("ts", Float(53), nullable=False),
@@ -83,7 +83,7 @@ def _tables():
     Table(
         "impressions",
         metadata,
-        Column("decision", Integer, ForeignKey("decisions.seq"), primary_key=True),
+        Column("request_id", String(64), ForeignKey("decisions.request_id"), primary_key=True),
         Column("position", Integer, primary_key=True),
         Column("item", Integer, nullable=False),
         Column("propensity", Float(53), nullable=False),
@@ -91,7 +91,7 @@ def _tables():
     Table(
         "feedback",
         metadata,
-        Column("decision", Integer, ForeignKey("decisions.seq"), primary_key=True),
+        Column("request_id", String(64), ForeignKey("decisions.request_id"), primary_key=True),
         Column("position", Integer, primary_key=True),
         Column("click", Integer, nullable=False),
         Column("purchase", Integer, nullable=False),
@@ -162,6 +162,9 @@ def open_engine(location: str | Path, *, create: bool, synchronous: str = "NORMA
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=10000")  # several worker processes take turns writing
             cursor.execute("PRAGMA foreign_keys=ON")
+            # no checkpoint inside a commit (it copies the WAL into the database and syncs it,
+            # 100s of ms on a slow disk): SQLStore checkpoints from a thread of its own
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
     meta = tables()["meta"]
@@ -210,7 +213,7 @@ class DecisionRecord:
 class FeedbackRecord:
     """One feedback event on a shown position (merged into the position's row)."""
 
-    decision: int  # the decision's seq
+    request_id: str
     position: int
     click: int
     purchase: int
@@ -220,9 +223,8 @@ class FeedbackRecord:
 
 @dataclass
 class StoredDecision:
-    """A decision read back: for feedback (seq, k) and for a retried request (its answer)."""
+    """A decision read back: for feedback (its k) and for a retried request (its answer)."""
 
-    seq: int
     request_id: str
     request_hash: str
     model_version: str
@@ -231,6 +233,8 @@ class StoredDecision:
     propensities: list[float]
 
 
+LOGGED = object()
+"""The result of a decision logged now."""
 DUPLICATE = object()
 """The result of a decision whose request id was already logged (the first one stands)."""
 _STOP = object()
@@ -239,7 +243,7 @@ _STOP = object()
 class SQLStore:
     """The decision log and its one writer (see the module docstring).
 
-    ``await record_decision(r)`` returns the decision's seq (or :data:`DUPLICATE`) once it is
+    ``await record_decision(r)`` returns :data:`LOGGED` (or :data:`DUPLICATE`) once it is
     committed; ``await record_feedback(r)`` returns once the event is committed. Reads
     (:meth:`find`) run on the caller's thread through their own connection.
 
@@ -257,6 +261,7 @@ class SQLStore:
         self.location = cfg.url or cfg.path
         self.engine = open_engine(self.location, create=True, synchronous=cfg.synchronous)
         self._insert = (sqlite if self.engine.dialect.name == "sqlite" else postgresql).insert
+        self._sql = self._statements()
         self._on_commit = on_commit
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -269,6 +274,9 @@ class SQLStore:
         if not self.in_loop:
             self._writer = threading.Thread(target=self._run, name="rlrec-store-writer", daemon=True)
             self._writer.start()
+        self._closing = threading.Event()
+        if self.engine.dialect.name == "sqlite":
+            threading.Thread(target=self._checkpoints, name="rlrec-store-checkpoint", daemon=True).start()
 
     # ------------------------------------------------------------------ writing
     async def record_decision(self, record: DecisionRecord) -> Any:
@@ -368,63 +376,92 @@ class SQLStore:
             self._pending -= len(batch)
         return outcome
 
+    def _statements(self) -> dict[str, tuple[str, list[str] | None]]:
+        """The hot statements as the database driver's own SQL (compiled once from the schema for
+        this dialect) and the order of their parameters (None for drivers that take names): rows
+        then go straight to the driver's ``executemany``, without SQLAlchemy's per-call work."""
+        t = tables()
+        feedback = self._insert(t["feedback"])
+        keep_max = {name: _greater(feedback.excluded[name], t["feedback"].c[name]) for name in FEEDBACK}
+        statements = {
+            "decisions": self._insert(t["decisions"]).on_conflict_do_nothing(index_elements=["request_id"]),
+            "impressions": self._insert(t["impressions"]).on_conflict_do_nothing(),
+            "feedback": feedback.on_conflict_do_update(index_elements=["request_id", "position"], set_=keep_max),
+        }
+        columns = {
+            "decisions": [c.name for c in t["decisions"].columns if c.name != "seq"],
+            "impressions": ["request_id", "position", "item", "propensity"],
+            "feedback": ["request_id", "position", *FEEDBACK],
+        }
+        out = {}
+        for name, statement in statements.items():
+            compiled = statement.values({c: None for c in columns[name]}).compile(dialect=self.engine.dialect)
+            out[name] = (str(compiled), list(compiled.positiontup) if compiled.positional else None)
+        return out
+
+    def _many(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> int:
+        """``executemany`` of statement ``name`` over ``rows``; the rows it changed."""
+        sql, order = self._sql[name]
+        params = [tuple(row[c] for c in order) for row in rows] if order is not None else rows
+        return conn.exec_driver_sql(sql, params).rowcount
+
     def _write(self, conn: Any, batch: list) -> list[Any]:
         """Write one batch (inside the caller's transaction); per record, the value its future gets."""
-        t = tables()
         results: list[Any] = [None] * len(batch)
         decisions = [(i, r) for i, (kind, r, _, _) in enumerate(batch) if kind == "decision"]
         if decisions:
             first: dict[str, int] = {}
             for i, r in decisions:  # a request id twice in one batch: the first stands
                 first.setdefault(r.request_id, i)
-            rows = [_decision_row(r) for i, r in decisions if first[r.request_id] == i]
-            insert = self._insert(t["decisions"]).on_conflict_do_nothing(index_elements=["request_id"])
-            inserted = dict(
-                conn.execute(insert.returning(t["decisions"].c.request_id, t["decisions"].c.seq), rows).all()
-            )
+            fresh = [r for i, r in decisions if first[r.request_id] == i]
+            ours = {r.request_id for r in fresh}
+            if self._many(conn, "decisions", [_decision_row(r) for r in fresh]) < len(fresh):
+                ours = self._ours(conn, fresh)  # some ids were logged before: which rows are this batch's?
             impressions = []
             for i, r in decisions:
-                seq = inserted.get(r.request_id) if first[r.request_id] == i else None
-                results[i] = DUPLICATE if seq is None else seq
-                if seq is not None:
+                mine = first[r.request_id] == i and r.request_id in ours
+                results[i] = LOGGED if mine else DUPLICATE
+                if mine:
                     impressions += [
-                        {"decision": seq, "position": j, "item": item, "propensity": p}
+                        {"request_id": r.request_id, "position": j, "item": item, "propensity": p}
                         for j, (item, p) in enumerate(zip(r.items, r.propensities))
                     ]
             if impressions:
-                conn.execute(t["impressions"].insert(), impressions)
-        merged: dict[tuple[int, int], dict[str, Any]] = {}
+                self._many(conn, "impressions", impressions)
+        merged: dict[tuple[str, int], dict[str, Any]] = {}
         for kind, r, _, _ in batch:  # events on one position merge first (max), as the upsert does
             if kind == "feedback":
-                key = (r.decision, r.position)
                 row = merged.setdefault(
-                    key,
-                    {
-                        "decision": r.decision,
-                        "position": r.position,
-                        "click": 0,
-                        "purchase": 0,
-                        "rating": 0,
-                        "ts": r.ts,
-                    },
+                    (r.request_id, r.position), {"request_id": r.request_id, "position": r.position}
                 )
-                for name in ("click", "purchase", "rating", "ts"):
-                    row[name] = max(row[name], getattr(r, name))
+                for name in FEEDBACK:
+                    row[name] = max(row.get(name, 0), getattr(r, name))
         if merged:
-            table = t["feedback"]
-            upsert = self._insert(table)
-            keep_max = {
-                name: _greater(getattr(upsert.excluded, name), table.c[name])
-                for name in ("click", "purchase", "rating", "ts")
-            }
-            conn.execute(
-                upsert.on_conflict_do_update(index_elements=["decision", "position"], set_=keep_max),
-                list(merged.values()),
-            )
+            self._many(conn, "feedback", list(merged.values()))
         return results
+
+    def _ours(self, conn: Any, records: list[DecisionRecord]) -> set[str]:
+        """The request ids of ``records`` whose logged row is the one this batch wrote (same time and hash)."""
+        from sqlalchemy import select
+
+        d = tables()["decisions"]
+        mine = {r.request_id: (r.ts, r.request_hash) for r in records}
+        rows = conn.execute(select(d.c.request_id, d.c.ts, d.c.request_hash).where(d.c.request_id.in_(list(mine))))
+        return {row.request_id for row in rows if (row.ts, row.request_hash) == mine[row.request_id]}
+
+    def _checkpoints(self, every: float = 1.0) -> None:
+        """SQLite: copy the WAL into the database once a second, off the request path. PASSIVE
+        never waits for (nor blocks) the writer or the readers; the WAL is the durable copy meanwhile."""
+        while not self._closing.wait(every):
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as err:  # a busy database: the next round catches up
+                log.debug("checkpoint skipped: %s", err)
 
     def close(self) -> None:
         """Commit everything queued, then stop the writer."""
+        self._closing.set()
         if self.in_loop:
             self._flush()
             if self._connection is not None:
@@ -432,6 +469,9 @@ class SQLStore:
         else:
             self._queue.put(_STOP)
             self._writer.join()
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:  # leave a small WAL behind
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.engine.dispose()
 
     # ------------------------------------------------------------------ reading
@@ -443,15 +483,14 @@ class SQLStore:
         d, i = t["decisions"], t["impressions"]
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(d.c.seq, d.c.request_hash, d.c.model_version, d.c.k).where(d.c.request_id == request_id)
+                select(d.c.request_hash, d.c.model_version, d.c.k).where(d.c.request_id == request_id)
             ).first()
             if row is None:
                 return None
             shown = conn.execute(
-                select(i.c.item, i.c.propensity).where(i.c.decision == row.seq).order_by(i.c.position)
+                select(i.c.item, i.c.propensity).where(i.c.request_id == request_id).order_by(i.c.position)
             ).all()
         return StoredDecision(
-            row.seq,
             request_id,
             row.request_hash,
             row.model_version,
@@ -494,6 +533,10 @@ class SQLStore:
                 f"{manifest['model_version']} ({len(rows)} items): give this service a store of its own "
                 "(store.path=...)."
             )
+
+
+FEEDBACK = ("click", "purchase", "rating", "ts")
+"""The feedback columns, each merged by max (a click, purchase or rating once recorded stays)."""
 
 
 def _decision_row(r: DecisionRecord) -> dict[str, Any]:
