@@ -68,18 +68,29 @@ def make_agent(kind, seed=0, device="cpu"):
     return RandomAgent(spec, device=device, seed=seed), shop.cfg
 
 
+def own_scores(agent, obs):
+    """[B, N] the scores the agent acts on, read from its own state (not from its scoring module)."""
+    if isinstance(agent, TabularQAgent):
+        return agent.q[agent.state(obs)]
+    if isinstance(agent, DQNAgent):  # and the bandit
+        return agent.q(obs)
+    batch = obs["user_features"].shape[0]
+    if isinstance(agent, PopularAgent):
+        return agent.purchases.float().expand(batch, -1)
+    return torch.zeros(batch, agent.spec.n_items)  # random: every item alike
+
+
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["dqn", "dqn_mlp_gru", "bandit", "popular", "random", "tabular_q"])
 def test_exported_scores_equal_the_agents_own(kind, device, tmp_path):
-    """TorchScript and ONNX reproduce the agent's scores (1e-5) on random observations of any batch size,
-    and their top K is the agent's greedy slate."""
+    """TorchScript and ONNX reproduce the scores the agent acts on (1e-5) on random observations of any
+    batch size, and their top K is the agent's greedy slate."""
     ort = pytest.importorskip("onnxruntime")
     agent, env_cfg = make_agent(kind, device=device)
     out = export_agent(agent, env_cfg, tmp_path / "model")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["onnx"] == "model.onnx" and manifest["n_items"] == agent.spec.n_items
-    eager_module = agent.scoring_module()
     traced = torch.jit.load(str(out / "model.pt"))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     names = input_names(agent.spec.observe_satisfaction)
@@ -87,7 +98,7 @@ def test_exported_scores_equal_the_agents_own(kind, device, tmp_path):
     for batch in (1, 37):
         obs = example_observation(agent.spec, batch, generator)
         with torch.no_grad():
-            eager = eager_module({k: v.to(device) for k, v in obs.items()}).cpu()
+            eager = own_scores(agent, {k: v.to(device) for k, v in obs.items()}).cpu()
             scripted = traced(*(obs[n] for n in names))
         feed = {i.name: obs[i.name].numpy() for i in session.get_inputs()}  # ONNX keeps the inputs it reads
         onnx = torch.from_numpy(session.run(None, feed)[0])
@@ -536,7 +547,8 @@ def test_kill_9_under_load_loses_no_answered_request(exported, tmp_path):
                 except httpx.TransportError:
                     return  # the service is gone
 
-    service = ServiceProcess(exported[0], store, "seed=3").start()
+    # commits wait up to 20 ms for company: a wide window between a request's arrival and its commit
+    service = ServiceProcess(exported[0], store, "seed=3", "store.max_delay_ms=20").start()
     try:
 
         async def scenario():
