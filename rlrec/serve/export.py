@@ -254,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", help="then point this symlink at it (the path a service watches)")
     parser.add_argument("--no-onnx", action="store_true", help="TorchScript only")
     defaults = ExplorationConfig(kind="epsilon_greedy")
+    parser.add_argument("--kind", default=defaults.kind, choices=["greedy", "epsilon_greedy", "softmax"])
     for f in fields(ExplorationConfig):
-        parser.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+        if f.name != "kind":  # the rest of the exploration settings (see ExplorationConfig)
+            parser.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     args = parser.parse_args(argv)
 
     from rlrec.cli import friendly_errors
