@@ -684,7 +684,9 @@ def _configure_logging(level: str) -> None:
 
 def serve(cfg: ServeConfig) -> None:
     """Run the service (blocks): the model of ``cfg`` on uvicorn with ``cfg.workers`` processes."""
+    import atexit
     import inspect
+    import shutil
     import tempfile
 
     import uvicorn
@@ -697,8 +699,9 @@ def serve(cfg: ServeConfig) -> None:
     ModelHolder(cfg.model, cfg.backend, cfg.exploration)
     SQLStore(cfg.store).close()
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-    if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the workers' metrics, summed
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rlrec-metrics-")
+        atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     options = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         options["timeout_worker_healthcheck"] = 120  # a worker loads torch and the model before it answers
