@@ -141,6 +141,20 @@ class AgentBase:
         """A deterministic greedy policy's probabilities: all mass on the item its slate shows in ``slot``."""
         return slate_probs(self.act(obs), slot, self.spec.n_items)
 
+    def scoring_module(self) -> torch.nn.Module:
+        """The agent in servable form: a module mapping an observation to [B, N] item scores.
+
+        Its top K (ties aside) is the greedy slate, ``act(obs, explore=False)``; a service
+        adds its own exploration on top (:mod:`rlrec.serve.exploration`). The module holds
+        copies, not references, so training on does not change a served model, and it must
+        trace with ``torch.jit.trace`` (no control flow that depends on the data).
+        :mod:`rlrec.serve.export` turns it into a self-contained artifact.
+        """
+        raise NotServable(
+            f"agent {type(self).__name__} cannot be served: it has no scoring_module() giving [B, N] item "
+            "scores; serve a dqn, bandit, popular, random or tabular_q run."
+        )
+
     def observe(self, transition: Transition) -> None:
         pass
 
@@ -152,6 +166,22 @@ class AgentBase:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class NotServable(ConfigError):
+    """The agent has no servable form (see :meth:`AgentBase.scoring_module`)."""
+
+
+class ItemScores(torch.nn.Module):
+    """The servable form of a policy that scores items the same way for every user: ``scores`` [N]
+    broadcast to [B, N]."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scores", scores.detach().clone().float())
+
+    def forward(self, obs: Observation) -> torch.Tensor:
+        return self.scores.unsqueeze(0).expand(obs["user_features"].shape[0], -1)
 
 
 def require_spec(condition: bool, what: str, fix: str) -> None:

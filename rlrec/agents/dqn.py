@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule
-from rlrec.agents.nets import QNetwork
+from rlrec.agents.nets import QNetwork, ServingQ
 from rlrec.agents.replay import Batch, ReplayBuffer
 from rlrec.config import param, probability, require
 from rlrec.sim.env import Observation, random_slates
@@ -123,6 +123,11 @@ class DQNAgent(AgentBase):
     def greedy(self, obs: Observation) -> torch.Tensor:
         """[B, K] the K items of highest Q, best first."""
         return self.q(obs).topk(self.spec.slate_size, dim=1).indices
+
+    def scoring_module(self) -> torch.nn.Module:
+        """The online network's Q values of every item (their top K is the greedy slate), item
+        vectors computed once (:class:`~rlrec.agents.nets.ServingQ`)."""
+        return ServingQ(self.q)
 
     # ------------------------------------------------------------------ learning
     def observe(self, transition: Transition) -> None:

@@ -10,6 +10,8 @@ form in which DQN reduces exactly to tabular Q-learning (see tests/test_agents.p
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -128,14 +130,38 @@ class QNetwork(nn.Module):
         else:
             self.pair_net = mlp([2 * hidden_dim, hidden_dim, 1])
 
-    def forward(self, obs: Observation) -> torch.Tensor:
+    def forward(self, obs: Observation, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] Q values. ``items``: the item tower's output [N, H] if already computed (see :class:`ServingQ`)."""
         if self.head == "tabular":
             return self.table(tabular_state_index(obs, self.spec))
         parts = [self.user(obs)] + ([self.history(obs)] if self.history is not None else [])
         state = self.state_net(torch.cat(parts, -1))  # [B, H]
-        items = self.items()  # [N, H]
+        items = self.items() if items is None else items  # [N, H]
         if self.head == "dot":
             return state @ items.T + self.item_bias
         b, n = state.shape[0], items.shape[0]
         pairs = torch.cat([state.unsqueeze(1).expand(b, n, -1), items.unsqueeze(0).expand(b, n, -1)], -1)
         return self.pair_net(pairs).squeeze(-1)
+
+
+class ServingQ(nn.Module):
+    """A :class:`QNetwork` as a service runs it, ``forward(obs) -> [B, N]`` Q values.
+
+    The item vectors do not depend on the user, so they are computed once, here, and kept as
+    a buffer: a request then costs the state tower and one [B, H] x [H, N] product instead of
+    the item tower over the whole catalog (50x less at N = 10,000). The numbers are the
+    network's own: the same operations on the same weights.
+    """
+
+    def __init__(self, q: QNetwork) -> None:
+        super().__init__()
+        self.q = copy.deepcopy(q).eval().requires_grad_(False)
+        if q.head == "tabular":
+            self.register_buffer("item_vectors", None)
+            return
+        with torch.no_grad():
+            self.register_buffer("item_vectors", self.q.items())
+        self.q.items = None  # its output is the buffer above; the exported model does not carry it
+
+    def forward(self, obs: Observation) -> torch.Tensor:
+        return self.q(obs, self.item_vectors)

@@ -84,6 +84,10 @@ class TabularQAgent(AgentBase):
         random = random_slates(greedy.shape[0], self.spec.n_items, self.spec.slate_size, self.generator)
         return explore_rows(greedy, random, self.epsilon, self.generator)
 
+    def scoring_module(self) -> torch.nn.Module:
+        """The Q table's row of each observation's state (its argmax is the greedy item)."""
+        return TableScores(self.q, self.spec)
+
     def observe(self, transition: Transition) -> None:
         self._pending = transition
         self.transitions_seen += int(transition["done"].numel())
@@ -136,3 +140,15 @@ class TabularQAgent(AgentBase):
         self.visits.copy_(state["visits"])
         self.transitions_seen = int(state["transitions_seen"])
         self.generator.set_state(state["generator"])
+
+
+class TableScores(torch.nn.Module):
+    """The servable form of :class:`TabularQAgent`: ``Q[state(obs)]``, [B, N]."""
+
+    def __init__(self, q: torch.Tensor, spec: AgentSpec) -> None:
+        super().__init__()
+        self.register_buffer("q", q.detach().clone())
+        self.spec = spec  # the state index needs its sizes (python ints, constants once traced)
+
+    def forward(self, obs: Observation) -> torch.Tensor:
+        return self.q[tabular_state_index(obs, self.spec)]

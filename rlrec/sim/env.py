@@ -84,6 +84,11 @@ class Shop:
 
     def __init__(self, cfg: Any = None, **overrides: Any) -> None:
         self.cfg: EnvConfig = env_config_from(cfg, **overrides)
+        if self.cfg.logs == "served":
+            raise ConfigError(
+                "env=served is a service's decision log, not a shop to run: evaluate policies on it with "
+                "python evaluate.py env=served env.logs_path=<store> run_dir=<run>."
+            )
         self.device = resolve_device(self.cfg.device)
         cfg = self.cfg
         # The catalog and user model come from a CPU generator so that one seed means one
