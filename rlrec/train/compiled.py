@@ -30,7 +30,9 @@ Adam's arithmetic into kernels whose sums and multiply-adds round differently).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -52,6 +54,29 @@ class _HideProfilerNote(logging.Filter):
 
 
 logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_HideProfilerNote())
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Inductor's CPU kernels scatter-add gradients (embedding and index backward) with atomic adds
+    across threads, so two runs of one seed round differently. With deterministic algorithms on,
+    inductor leaves those ops to ATen's serial kernels: compiled CPU runs repeat bit for bit and a
+    resumed run ends where a straight one does. Scoped to the step (the flag is process-wide)."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every torch.empty costs time
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
 
 
 def compile_mode(mode: str, device: torch.device) -> str:
@@ -119,6 +144,10 @@ class TrainStep:
 
     # ------------------------------------------------------------------ one step
     def __call__(self) -> dict[str, torch.Tensor]:
+        with deterministic_kernels(self.device.type == "cpu"):
+            return self._step()
+
+    def _step(self) -> dict[str, torch.Tensor]:
         shop, agent, hp = self.shop, self.agent, self.hp
         try:
             # The step's random numbers, in the eager loop's order: exploration, then the shop.
