@@ -19,50 +19,39 @@ from rlrec.config import ConfigError, EvaluateConfig, build_config, env_config_f
 register_configs()
 
 
+def evaluate_logged(env, ecfg: EvaluateConfig) -> float:
+    """Off-policy estimates from logs (``env=obd`` or ``env=served``); returns the first policy's click-rate IPS."""
+    out_dir = ecfg.out_dir or datetime.now().strftime("outputs/eval/%Y-%m-%d/%H-%M-%S")
+    common = {"n_boot": ecfg.ope.n_boot, "seed": ecfg.ope.seed, "out_dir": out_dir}
+    common.update(run_dir=ecfg.run_dir, checkpoint=ecfg.checkpoint, device=ecfg.device)
+    if env.logs == "obd":
+        from rlrec.eval.logged_report import evaluate_logs, format_markdown
+
+        report = evaluate_logs(path=env.logs_path, campaign=env.logs_campaign, **common)
+        click_ips = next(iter(report["policies"].values()))["ips"]
+    else:
+        from rlrec.eval.served_report import evaluate_served, format_markdown
+
+        require(
+            bool(env.logs_path),
+            "env.logs_path",
+            env.logs_path,
+            "the service's store with env=served: its SQLite file (serve.py's store.path) or a SQLAlchemy URL",
+        )
+        report = evaluate_served(env.logs_path, **common)
+        click_ips = next(iter(report["policies"].values()))["click"]["ips"]
+    print(format_markdown(report))
+    print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
+    return float(click_ips["value"])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     with friendly_errors():
         ecfg = build_config(EvaluateConfig, cfg, "")
         env = env_config_from(cfg.env) if cfg.get("env") is not None else None
-        if env is not None and env.logs == "obd":
-            from rlrec.eval.logged_report import evaluate_logs, format_markdown
-
-            out_dir = ecfg.out_dir or datetime.now().strftime("outputs/eval/%Y-%m-%d/%H-%M-%S")
-            report = evaluate_logs(
-                path=env.logs_path,
-                campaign=env.logs_campaign,
-                n_boot=ecfg.ope.n_boot,
-                seed=ecfg.ope.seed,
-                out_dir=out_dir,
-                run_dir=ecfg.run_dir,
-                checkpoint=ecfg.checkpoint,
-                device=ecfg.device,
-            )
-            print(format_markdown(report))
-            print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
-            return float(next(iter(report["policies"].values()))["ips"]["value"])
-        if env is not None and env.logs == "served":
-            from rlrec.eval.served_report import evaluate_served, format_markdown
-
-            require(
-                bool(env.logs_path),
-                "env.logs_path",
-                env.logs_path,
-                "the service's store with env=served: its SQLite file (serve.py's store.path) or a SQLAlchemy URL",
-            )
-            out_dir = ecfg.out_dir or datetime.now().strftime("outputs/eval/%Y-%m-%d/%H-%M-%S")
-            report = evaluate_served(
-                env.logs_path,
-                n_boot=ecfg.ope.n_boot,
-                seed=ecfg.ope.seed,
-                out_dir=out_dir,
-                run_dir=ecfg.run_dir,
-                checkpoint=ecfg.checkpoint,
-                device=ecfg.device,
-            )
-            print(format_markdown(report))
-            print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
-            return float(next(iter(report["policies"].values()))["click"]["ips"]["value"])
+        if env is not None and env.logs in ("obd", "served"):
+            return evaluate_logged(env, ecfg)
         if env is not None:
             raise ConfigError(
                 "evaluate.py takes env=obd or env=served (policies on logged data) or no env at all: a trained "
