@@ -35,7 +35,7 @@ from rlrec.config import ConfigError
 from rlrec.data.click_model import ClickModelPolicy, fit_click_model, pool_logs
 from rlrec.data.obd import load_obd
 from rlrec.eval.ope import ESTIMATORS, bootstrap_mean, off_policy_estimates
-from rlrec.eval.output import bar_chart, markdown_table, write_report
+from rlrec.eval.output import estimates_chart, markdown_table, write_report
 from rlrec.sim.fitted import obd_logs
 from rlrec.train.run import LoadedRun, load_run, resolve_checkpoint
 
@@ -107,7 +107,6 @@ def evaluate_logs(
         "policies": results,
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_report(out, report, format_markdown(report))
     _plot(report, out / "policies.png")
     return report
@@ -153,14 +152,6 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    labels = list(report["policies"])
-    series = {}
-    for name in ESTIMATORS + ("on_policy",):
-        estimates = [report["policies"][label].get(name) for label in labels]
-        if any(estimates):
-            series[name] = (
-                [e["value"] if e else float("nan") for e in estimates],
-                [e["value"] - e["ci_low"] if e else 0.0 for e in estimates],
-                [e["ci_high"] - e["value"] if e else 0.0 for e in estimates],
-            )
-    bar_chart(path, labels, series, "click rate (95% CI)", f"Policies on the {report['campaign']} logs")
+    policies = report["policies"]
+    estimates = {name: {p: est.get(name) for p, est in policies.items()} for name in ESTIMATORS + ("on_policy",)}
+    estimates_chart(path, estimates, "click rate (95% CI)", f"Policies on the {report['campaign']} logs")

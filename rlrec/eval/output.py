@@ -41,7 +41,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_report(out_dir: Path, report: dict[str, Any], markdown: str) -> None:
-    """``eval.json`` and ``eval.md`` in ``out_dir``."""
+    """``eval.json`` and ``eval.md`` in ``out_dir`` (created if missing)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_text(Path(out_dir) / "eval.json", json.dumps(report, indent=1))
     write_text(Path(out_dir) / "eval.md", markdown)
 
@@ -87,3 +88,20 @@ def line_chart(path: Path, points: Sequence[tuple[float, float]], xlabel: str, y
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def estimates_chart(path: Path, estimates: dict[str, dict[str, Any | None]], ylabel: str, title: str) -> None:
+    """:func:`bar_chart` of off-policy estimates: ``estimates[estimator][policy]`` is a
+    ``{"value", "ci_low", "ci_high"}`` dict, or None where that estimator does not apply to the
+    policy; an estimator that applies to none is left out."""
+    labels = list(next(iter(estimates.values()), {}))
+    series = {}
+    for name, by_policy in estimates.items():
+        rows = [by_policy[label] for label in labels]
+        if any(rows):
+            series[name] = (
+                [e["value"] if e else float("nan") for e in rows],
+                [e["value"] - e["ci_low"] if e else 0.0 for e in rows],
+                [e["ci_high"] - e["value"] if e else 0.0 for e in rows],
+            )
+    bar_chart(path, labels, series, ylabel, title)

@@ -36,7 +36,7 @@ import torch
 from rlrec.config import ConfigError
 from rlrec.data.served import ServedData, load_served
 from rlrec.eval.ope import ESTIMATORS, bootstrap_mean, estimates_from_rows
-from rlrec.eval.output import bar_chart, markdown_table, write_report
+from rlrec.eval.output import estimates_chart, markdown_table, write_report
 from rlrec.train.run import load_run, resolve_checkpoint
 
 METRICS = ("click", "purchase")
@@ -108,7 +108,6 @@ def evaluate_served(
         "diagnostics": diagnostics,
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_report(out, report, format_markdown(report))
     _plot(report, out / "policies.png")
     return report
@@ -237,14 +236,6 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    labels = list(report["policies"])
-    series = {}
-    for name in ("ips", "dr", "on_policy"):
-        estimates = [report["policies"][label]["click"].get(name) for label in labels]
-        if any(estimates):
-            series[name] = (
-                [e["value"] if e else float("nan") for e in estimates],
-                [e["value"] - e["ci_low"] if e else 0.0 for e in estimates],
-                [e["ci_high"] - e["value"] if e else 0.0 for e in estimates],
-            )
-    bar_chart(path, labels, series, "click rate per shown item (95% CI)", "Policies on the served logs")
+    policies = report["policies"]
+    estimates = {name: {p: e["click"].get(name) for p, e in policies.items()} for name in ("ips", "dr", "on_policy")}
+    estimates_chart(path, estimates, "click rate per shown item (95% CI)", "Policies on the served logs")

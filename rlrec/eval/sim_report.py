@@ -46,7 +46,6 @@ def evaluate_run(
     if enumeration_problem(shop.cfg) is None:
         report["oracle"] = exact_values(shop, run.agent)
 
-    out.mkdir(parents=True, exist_ok=True)
     write_report(out, report, format_markdown(report))
     labels = list(report["policies"])
     returns = [report["policies"][p]["episodic_return"] for p in labels]
