@@ -1,8 +1,22 @@
+import os
+
 import pytest
 import torch
 
 from rlrec.config import env_preset
 from rlrec.sim.env import Shop
+
+def _share_the_cores_between_workers() -> None:
+    """pytest-xdist (``-n auto`` in pyproject.toml) runs one worker per core: each worker and the
+    train.py processes its tests start get their share of the cores, not all of them each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 DEVICES = ["cpu", CUDA]
