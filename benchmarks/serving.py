@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -69,7 +70,7 @@ def baseline_app():
     return app
 
 
-def run_baseline(concurrencies: list[int], seconds: float, pool: Any) -> list[dict]:
+def run_baseline(concurrencies: list[int], seconds: float, pool: Any, client: str) -> list[dict]:
     import subprocess
 
     port = free_port()
@@ -85,10 +86,12 @@ def run_baseline(concurrencies: list[int], seconds: float, pool: Any) -> list[di
             except httpx.TransportError:
                 time.sleep(0.1)
         bodies = request_bodies(64, 1000, seed=0)
-        run_loop(drive(url, bodies, 4, 1.0))
+        run_loop(drive(url, bodies, 4, 1.0, client))
         for concurrency in concurrencies:
             cpu_server = cpu_seconds(proc.pid)
-            latencies, answers, errors, cpu_client, elapsed = drive_clients(url, bodies, concurrency, seconds, pool)
+            latencies, answers, errors, cpu_client, elapsed = drive_clients(
+                url, bodies, concurrency, seconds, pool, client
+            )
             n = max(len(answers), 1)
             row = {
                 "N": 0,
@@ -102,6 +105,7 @@ def run_baseline(concurrencies: list[int], seconds: float, pool: Any) -> list[di
                 "server_cpu_ms_per_request": 1e3 * (cpu_seconds(proc.pid) - cpu_server) / n,
                 "client_cpu_ms_per_request": 1e3 * cpu_client / n,
                 "client_processes": min(pool._max_workers if pool is not None else 1, concurrency),
+                "client": client,
                 "load_average": os.getloadavg()[0],
                 "endpoint": "a FastAPI endpoint that does nothing",
             }
@@ -164,8 +168,14 @@ def server_metrics(client: httpx.Client) -> dict[str, float]:
     }
 
 
-async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> tuple[list[float], list[dict], int]:
-    """``concurrency`` clients sending recommend requests back to back for ``seconds``."""
+async def drive(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, client: str = "httpx"
+) -> tuple[list[float], list[dict], int]:
+    """``concurrency`` clients sending recommend requests back to back for ``seconds``.
+
+    ``client``: ``"aiohttp"`` (``--client``, the default when installed: about a third of httpx's
+    CPU per request, which matters when the clients share the service's cores) or ``"httpx"``.
+    """
     latencies: list[float] = []
     answers: list[dict] = []
     errors = 0
@@ -173,25 +183,47 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float)
     deadline = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
-    async def worker() -> None:
+    async def timed(post: Any) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            body = bodies[next(counter) % len(bodies)]
+            started = time.perf_counter()
+            try:
+                status, answer = await post(body)
+            except (httpx.TransportError, OSError, asyncio.TimeoutError):
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            if status == 200:
+                answers.append(answer)
+            else:
+                errors += 1
+
+    async def httpx_worker() -> None:
         # one client, one keep-alive connection per worker: httpx's pool scans its connections
         # on every request, so one shared pool of 32 costs the client several times more CPU
-        nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=httpx.Limits(max_connections=1)) as client:
-            while time.perf_counter() < deadline:
-                body = bodies[next(counter) % len(bodies)]
-                started = time.perf_counter()
-                try:
-                    answer = await client.post("/v1/recommend", content=body, headers=headers)
-                except httpx.TransportError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-                if answer.status_code == 200:
-                    answers.append(answer.json())
-                else:
-                    errors += 1
+        async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=httpx.Limits(max_connections=1)) as session:
 
+            async def post(body: bytes) -> tuple[int, Any]:
+                answer = await session.post("/v1/recommend", content=body, headers=headers)
+                return answer.status_code, answer.json() if answer.status_code == 200 else None
+
+            await timed(post)
+
+    async def aiohttp_worker() -> None:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=1)
+        timeout = aiohttp.ClientTimeout(total=30.0)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+            async def post(body: bytes) -> tuple[int, Any]:
+                async with session.post("/v1/recommend", data=body, headers=headers) as answer:
+                    return answer.status, await answer.json() if answer.status == 200 else None
+
+            await timed(post)
+
+    worker = aiohttp_worker if client == "aiohttp" else httpx_worker
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, answers, errors
 
@@ -199,22 +231,22 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float)
 def _drive_in_process(args: tuple) -> tuple[list[float], list[dict], int, float, float]:
     """One client process: wait for the common start, drive, report (latencies, answers, errors,
     CPU seconds, wall seconds)."""
-    url, bodies, concurrency, seconds, start_at = args
+    url, bodies, concurrency, seconds, start_at, client = args
     time.sleep(max(start_at - time.time(), 0))
     cpu, started = time.process_time(), time.perf_counter()
-    latencies, answers, errors = run_loop(drive(url, bodies, concurrency, seconds))
+    latencies, answers, errors = run_loop(drive(url, bodies, concurrency, seconds, client))
     return latencies, answers, errors, time.process_time() - cpu, time.perf_counter() - started
 
 
-def drive_clients(url: str, bodies: list[bytes], concurrency: int, seconds: float, pool: Any) -> tuple:
+def drive_clients(url: str, bodies: list[bytes], concurrency: int, seconds: float, pool: Any, client: str) -> tuple:
     """``concurrency`` clients spread over the pool's processes (one httpx client process tops out
     near 1,000 requests/s on one core); (latencies, answers, errors, client CPU s, wall s)."""
     processes = min(pool._max_workers if pool is not None else 1, concurrency)
     if processes <= 1:
-        return _drive_in_process((url, bodies, concurrency, seconds, time.time()))
+        return _drive_in_process((url, bodies, concurrency, seconds, time.time(), client))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     start_at = time.time() + 0.5
-    parts = list(pool.map(_drive_in_process, [(url, bodies, c, seconds, start_at) for c in shares]))
+    parts = list(pool.map(_drive_in_process, [(url, bodies, c, seconds, start_at, client) for c in shares]))
     return (
         [x for p in parts for x in p[0]],
         [x for p in parts for x in p[1]],
@@ -285,7 +317,14 @@ def check_store(store: Path, answers: list[dict], events: list[dict]) -> dict[st
 
 
 def run_point(
-    model: Path, n_items: int, concurrencies: list[int], seconds: float, work: Path, extra: list[str], pool: Any
+    model: Path,
+    n_items: int,
+    concurrencies: list[int],
+    seconds: float,
+    work: Path,
+    extra: list[str],
+    pool: Any,
+    client: str,
 ) -> list[dict]:
     store = work / f"bench-{n_items}.db"
     rows = []
@@ -294,11 +333,11 @@ def run_point(
         ServiceProcess(model, store, "log_level=warning", "seed=0", *extra) as service,
         httpx.Client(base_url=service.url) as sync,
     ):
-        run_loop(drive(service.url, bodies, 4, min(2.0, seconds)))  # warm-up
+        run_loop(drive(service.url, bodies, 4, min(2.0, seconds), client))  # warm-up
         for concurrency in concurrencies:
             before, cpu_server = server_metrics(sync), cpu_seconds(service.pid)
             latencies, answers, errors, cpu_client, elapsed = drive_clients(
-                service.url, bodies, concurrency, seconds, pool
+                service.url, bodies, concurrency, seconds, pool, client
             )
             cpu_server = cpu_seconds(service.pid) - cpu_server
             after = server_metrics(sync)
@@ -321,6 +360,7 @@ def run_point(
                 "server_cpu_ms_per_request": 1e3 * cpu_server / n,
                 "client_cpu_ms_per_request": 1e3 * cpu_client / n,
                 "client_processes": min(pool._max_workers if pool is not None else 1, concurrency),
+                "client": client,
                 "mean_scoring_batch": delta.get("rlrec_scoring_batch_size_sum", 0)
                 / max(delta.get("rlrec_scoring_batch_size_count", 0), 1),
                 "scoring_ms_per_batch": 1e3
@@ -350,6 +390,12 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx"])
     parser.add_argument("--baseline", action="store_true", help="first, the same clients against a do-nothing endpoint")
     parser.add_argument("--client-processes", type=int, default=2, help="processes the concurrent clients run in")
+    parser.add_argument(
+        "--client",
+        default="aiohttp" if importlib.util.find_spec("aiohttp") else "httpx",
+        choices=["aiohttp", "httpx"],
+        help="the load generator's HTTP client (aiohttp, from the bench extra, costs the shared cores less)",
+    )
     args = parser.parse_args()
 
     sizes = args.n_items or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000])
@@ -357,7 +403,7 @@ def main() -> None:
     exploration = ExplorationConfig(kind=args.exploration)
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-        f"{args.exploration} exploration, {args.backend}, {seconds:.0f} s per point"
+        f"{args.exploration} exploration, {args.backend}, {seconds:.0f} s per point, {args.client} clients"
     )
     print(
         f"{'N':>7} {'conc':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6} "
@@ -367,13 +413,13 @@ def main() -> None:
     if args.client_processes > 1:
         pool = ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn"))
         list(pool.map(time.sleep, [0.0] * args.client_processes))  # start (and import) the client processes now
-    rows = run_baseline(args.concurrency, seconds, pool) if args.baseline else []
+    rows = run_baseline(args.concurrency, seconds, pool, args.client) if args.baseline else []
     with tempfile.TemporaryDirectory(prefix="rlrec-bench-") as tmp:
         work = Path(tmp)
         for n_items in sizes:
             model = export_model(n_items, work, exploration)
             extra = [f"backend={args.backend}"]
-            rows += run_point(model, n_items, args.concurrency, seconds, work, extra, pool)
+            rows += run_point(model, n_items, args.concurrency, seconds, work, extra, pool, args.client)
     if pool is not None:
         pool.shutdown()
     with open(args.out, "w") as f:
