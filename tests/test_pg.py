@@ -135,6 +135,19 @@ def test_the_behaviour_head_does_not_train_the_shared_state():
     assert all(p.grad is None for p in agent.net.actor.parameters())
 
 
+@pytest.mark.parametrize("cls", [ReinforceAgent, PPOAgent])
+def test_pg_agents_export_for_serving(cls, tmp_path):
+    """The servable form is the policy's logits (their top K is the greedy slate); export traces and checks it."""
+    from rlrec.serve.export import export_agent
+
+    shop = Shop(env_preset("default", device="cpu", num_users=8, n_items=30))
+    agent = cls(AgentSpec.from_shop(shop), device="cpu")
+    obs = shop.observation()
+    assert torch.equal(agent.scoring_module()(obs).topk(5).indices, agent.act(obs))
+    export_agent(agent, shop.cfg, tmp_path / "v1", onnx=False)
+    assert (tmp_path / "v1" / "model.pt").is_file()
+
+
 @pytest.mark.slow
 def test_reinforce_reaches_95_percent_of_v_star_on_the_tiny_shop():
     """Three seeds pooled: the greedy policy's exact value (the MDP of rlrec/sim/tabular.py) >= 95% of V*."""
@@ -274,3 +287,57 @@ def test_build_agent_from_config_checks_the_hyperparameters():
 
     with pytest.raises(ConfigError, match="agent.behaviour"):
         build_agent({"_target_": "rlrec.agents.pg.ReinforceAgent", "behaviour": "guess"}, spec, seed=0, device="cpu")
+
+
+def test_train_reinforce_off_policy_from_the_service_log(tmp_path):
+    """A decision log (rlrec/serve/store.py) of 20 decisions, item 3 always clicked: train.py learns from it."""
+    import asyncio
+    import time
+
+    from rlrec.config import StoreConfig
+    from rlrec.serve.store import DecisionRecord, FeedbackRecord, SQLStore
+
+    n_items, db = 40, tmp_path / "log.db"
+    store = SQLStore(StoreConfig(path=str(db)))
+    catalog = {"category": [0] * n_items, "brand": [1] * n_items, "price": [2.5] * n_items}
+    store.register_model({"model_version": "v1", "user_features": {"sizes": [6, 3, 8]}}, catalog)
+
+    async def log():
+        for d in range(20):
+            items = [3, (d % 5) + 10, 20]
+            record = DecisionRecord(
+                f"r{d}",
+                f"h{d}",
+                time.time(),
+                "v1",
+                3,
+                [1, 0, 2],
+                [n_items] * 5,
+                [0] * 5,
+                0,
+                None,
+                None,
+                n_items,
+                {"kind": "softmax"},
+                items,
+                [0.2, 0.1, 0.3],
+            )
+            await store.record_decision(record)
+            await store.record_feedback(FeedbackRecord(f"r{d}", 0, 1, 0, 0, time.time()))
+
+    asyncio.run(log())
+    store.close()
+    args = [
+        "agent=reinforce",
+        "trainer.logged_data=served",
+        f"env.logs_path={db}",
+        "env.n_items=40",
+        "env.slate_size=3",
+    ]
+    args += ["agent.logged_batch_size=32", "agent.hidden_dim=16", "trainer.env_steps=4", "trainer.eval_users=16"]
+    run(
+        "train.py", *args, "env.n_items=40", "trainer.progress=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["agent"]["updates"] == 4
+    proc = run("train.py", *args, "env.n_items=41", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "logs a catalog of 40 items" in proc.stdout + proc.stderr
