@@ -277,7 +277,8 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
         done_steps = step + 1
         if done_steps % tcfg.log_every == 0 or done_steps == tcfg.env_steps:
             now = time.perf_counter()
-            scalars = {f"charts/{key}": value for key, value in tracker.flush(world).items()}
+            # (training from logs shows no sessions: no session charts then)
+            scalars = {f"charts/{key}": value for key, value in tracker.flush(world).items() if logged is None}
             scalars["charts/SPS"] = users * (done_steps - last["step"]) / max(now - last["time"], 1e-9)
             last.update(time=now, step=done_steps)
             if hasattr(agent, "epsilon"):
