@@ -147,12 +147,15 @@ class PolicyNet(nn.Module):
 
     def forward(self, obs: Observation) -> torch.Tensor:
         """[B, N] the policy's logits (acting and serving use only this)."""
-        return self.actor(obs) @ self.items().T + self.item_bias
+        return self.logits(self.actor(obs))
 
-    def logits_and_behaviour(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, N] policy logits and [B, N] behaviour logits; beta's gradient stops at the shared state."""
-        state = self.actor(obs)
-        return state @ self.items().T + self.item_bias, self.behaviour(state.detach())
+    def logits(self, state: torch.Tensor) -> torch.Tensor:
+        """[B, N] the policy's logits from the shared state [B, H]."""
+        return state @ self.items().T + self.item_bias
+
+    def behaviour_logits(self, state: torch.Tensor) -> torch.Tensor:
+        """[B, N] beta's logits; its gradient stops at the shared state (beta never shapes the policy's state)."""
+        return self.behaviour(state.detach())
 
     def value(self, obs: Observation, hidden: torch.Tensor | None) -> torch.Tensor:
         """[B] V(s); ``hidden`` [B] the satisfaction levels (asymmetric critic, training only)."""
@@ -277,13 +280,15 @@ class OnPolicyAgent(AgentBase):
         advantage = batch["advantage"]
         if self.hp.norm_adv:
             advantage = (advantage - advantage.mean()) / (advantage.std(correction=0) + 1e-8)
-        logits, behaviour_logits = self.net.logits_and_behaviour(batch["obs"])
-        policy_loss, metrics = self.policy_loss(logits, behaviour_logits, batch, advantage)
+        state = self.net.actor(batch["obs"])
+        logits = self.net.logits(state)
+        losses, metrics = self.policy_loss(state, logits, batch, advantage)
         log_pi = torch.log_softmax(logits, 1)
         entropy = -(log_pi.exp() * log_pi).sum(1).mean()
         v_loss = 0.5 * (self.net.value(batch["obs"], batch.get("hidden")) - batch["return"]).pow(2).mean()
-        self.step(policy_loss + self.hp.vf_coef * v_loss - self.hp.ent_coef * entropy)
-        return {"policy_loss": policy_loss.detach(), "v_loss": v_loss.detach(), "entropy": entropy.detach(), **metrics}
+        self.step(sum(losses.values()) + self.hp.vf_coef * v_loss - self.hp.ent_coef * entropy)
+        losses.update(v_loss=v_loss, entropy=entropy)
+        return {**{key: value.detach() for key, value in losses.items()}, **metrics}
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -294,8 +299,9 @@ class OnPolicyAgent(AgentBase):
         self.updates += 1
 
     def policy_loss(
-        self, logits: torch.Tensor, behaviour_logits: torch.Tensor, batch: dict[str, Any], advantage: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, state: torch.Tensor, logits: torch.Tensor, batch: dict[str, Any], advantage: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(the loss terms to add, by name, and other metrics) of a minibatch; ``state`` is the shared actor state."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoints
@@ -355,21 +361,18 @@ class ReinforceAgent(OnPolicyAgent):
     def gae_lambda(self) -> float:
         return self.hp.gae_lambda
 
-    def beta(
-        self, behaviour_logits: torch.Tensor, items: torch.Tensor, logged: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def beta(self, state: torch.Tensor, items: torch.Tensor, logged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(beta [M, J] of the acted ``items``, the behaviour head's negative log-likelihood of them)."""
-        log_beta = gather_rows(torch.log_softmax(behaviour_logits, 1), items)
+        log_beta = gather_rows(torch.log_softmax(self.net.behaviour_logits(state), 1), items)
         nll = -log_beta.sum(1).mean()
         return (log_beta.detach().exp() if self.hp.behaviour == "learned" else logged), nll
 
-    def policy_loss(self, logits, behaviour_logits, batch, advantage):
-        items = batch["slate"]
-        beta, nll = self.beta(behaviour_logits, items, batch["beta"])
+    def policy_loss(self, state, logits, batch, advantage):
+        hp, items = self.hp, batch["slate"]
+        beta, nll = self.beta(state, items, batch["beta"])
         log_pi_items = gather_rows(torch.log_softmax(logits, 1), items)
-        hp = self.hp
         loss = topk_corrected_loss(log_pi_items, beta, advantage, self.spec.slate_size, hp.lambda_cap, hp.weight_cap)
-        return loss + nll, {"behaviour_nll": nll.detach()}
+        return {"policy_loss": loss, "behaviour_nll": nll}, {}
 
     def learn_logged(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One gradient step on logged rows: ``obs``, ``item`` [M], ``reward`` [M], ``propensity`` [M].
@@ -380,8 +383,9 @@ class ReinforceAgent(OnPolicyAgent):
         """
         hp = self.hp
         items = batch["item"].unsqueeze(1)
-        logits, behaviour_logits = self.net.logits_and_behaviour(batch["obs"])
-        beta, nll = self.beta(behaviour_logits, items, batch["propensity"].unsqueeze(1).to(logits.dtype))
+        state = self.net.actor(batch["obs"])
+        logits = self.net.logits(state)
+        beta, nll = self.beta(state, items, batch["propensity"].unsqueeze(1).to(logits.dtype))
         log_pi = torch.log_softmax(logits, 1)
         advantage = batch["reward"] - batch["reward"].mean() if hp.logged_baseline else batch["reward"]
         loss = topk_corrected_loss(
@@ -417,8 +421,8 @@ class PPOAgent(OnPolicyAgent):
     def epochs(self) -> int:
         return self.hp.epochs
 
-    def policy_loss(self, logits, behaviour_logits, batch, advantage):
+    def policy_loss(self, state, logits, batch, advantage):
         ratio = (plackett_luce_logp(logits, batch["slate"]) - batch["logp"]).exp()
         clip = self.hp.clip
         loss = -torch.minimum(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage).mean()
-        return loss, {"clipfrac": ((ratio - 1).abs() > clip).float().mean().detach()}
+        return {"policy_loss": loss}, {"clipfrac": ((ratio - 1).abs() > clip).float().mean().detach()}
