@@ -23,6 +23,7 @@ from rlrec.agents.pg import (
     topk_multiplier,
 )
 from rlrec.config import env_preset
+from rlrec.eval.sim_report import read_scalars
 from rlrec.sim.env import Shop
 from rlrec.sim.tabular import evaluate_policy, greedy_policy_value, n_slates, start_value
 from rlrec.train.logged import train_logged_steps
@@ -244,7 +245,10 @@ def test_train_checkpoint_resume_bitwise_and_evaluate(tmp_path, name):
     assert a["updates"] == b["updates"] > 0
     for key, value in a["net"].items():
         assert torch.equal(value, b["net"][key]), key
-    assert (straight / "tb").is_dir() or any(straight.rglob("events.out.tfevents*"))
+    losses = read_scalars(straight / "tb", "losses/policy_loss")
+    assert [step for step, _ in losses] == [5 * 16, 10 * 16, 15 * 16, 20 * 16]  # user-steps
+    assert all(math.isfinite(value) for _, value in losses)
+    assert read_scalars(straight / "tb", "losses/clipfrac" if name == "ppo" else "losses/behaviour_nll")
     out = tmp_path / "eval"
     run("evaluate.py", f"run_dir={straight}", f"out_dir={out}", "eval_users=32", cwd=tmp_path)
     report = json.loads((out / "eval.json").read_text())

@@ -201,6 +201,7 @@ class OnPolicyAgent(AgentBase):
         self.rollout: list[dict[str, Any]] = []  # one entry per environment step of the current rollout
         self.last: dict[str, Any] | None = None  # the state after the rollout's last step (bootstrap)
         self._acted: dict[str, torch.Tensor] | None = None  # what act(explore=True) computed, for observe
+        self.metrics: dict[str, torch.Tensor] = {}  # the latest update's
         self.transitions_seen = 0
         self.updates = 0
 
@@ -253,8 +254,9 @@ class OnPolicyAgent(AgentBase):
                 self.last["hidden"] = transition["next_hidden"]
 
     def update(self) -> dict[str, torch.Tensor]:
+        """Learn once a rollout is full; return the latest update's metrics (every step, for the logger)."""
         if len(self.rollout) < self.hp.rollout_len:
-            return {}
+            return self.metrics
         hp, steps = self.hp, self.rollout
         rows = {key: torch.cat([s[key] for s in steps]) for key in steps[0] if key != "obs"}
         rows["obs"] = {key: torch.cat([s["obs"][key] for s in steps]) for key in steps[0]["obs"]}
@@ -272,7 +274,7 @@ class OnPolicyAgent(AgentBase):
             order = torch.randperm(n, generator=self.generator, device=self.device)
             for start in range(0, n - size + 1, size):  # whole minibatches only
                 metrics = self.learn(take(rows, order[start : start + size]))
-        self.rollout, self.last = [], None
+        self.rollout, self.last, self.metrics = [], None, metrics
         return metrics
 
     def learn(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -312,6 +314,7 @@ class OnPolicyAgent(AgentBase):
             "generator": self.generator.get_state(),
             "rollout": self.rollout,  # a checkpoint mid-rollout keeps it: resuming repeats the straight run
             "last": self.last,
+            "metrics": self.metrics,
             "transitions_seen": self.transitions_seen,
             "updates": self.updates,
         }
@@ -321,6 +324,7 @@ class OnPolicyAgent(AgentBase):
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.rollout, self.last, self._acted = list(state["rollout"]), state["last"], None
+        self.metrics = dict(state["metrics"])
         self.transitions_seen, self.updates = int(state["transitions_seen"]), int(state["updates"])
 
 
