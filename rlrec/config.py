@@ -389,6 +389,10 @@ class TrainerConfig:
     # Data-parallel over the ranks that torchrun or SLURM starts (rlrec/train/distributed.py): each
     # rank its own users and replay, gradients averaged; rank 0 logs and checkpoints.
     distributed: bool = False
+    # Off-policy training from logs instead of the shop (rlrec/train/logged.py, agent=reinforce): "obd"
+    # (with env=obd: the Open Bandit logs at env.logs_path) or "served" (the service's store at
+    # env.logs_path, with the shop it served). Each env step is then one gradient step on logged rows.
+    logged_data: str = param("", choices=("", "obd", "served"))
 
     def check(self, prefix: str = "trainer") -> None:
         from rlrec.eval.rollout import check_baseline_names

@@ -27,6 +27,7 @@ from rlrec.eval.rollout import METRICS, compare_policies, make_baselines
 from rlrec.sim.env import Shop
 from rlrec.train.compiled import TrainStep
 from rlrec.train.distributed import World, init_world, wrap_agent
+from rlrec.train.logged import check_logged_agent, logged_rows, train_logged_steps
 from rlrec.train.run import (
     CHECKPOINT_NAME,
     FORMAT,
@@ -62,10 +63,17 @@ def train_steps(
     not checked (``env.check_actions``): they are ids it drew from the catalog.
     """
     obs = shop.observation()
+    # Agents with an asymmetric critic (rlrec/agents/pg.py) also get the users' hidden satisfaction
+    # before and after the step; only their training reads it, never their acting.
+    hidden = getattr(agent, "reads_hidden_state", False)
     for step in range(start, env_steps):
         slate = agent.act(obs, explore=True)
+        before = shop.state.satisfaction.clone() if hidden else None
         result = shop.step(slate, check=False)
-        agent.observe(make_transition(obs, slate, result))
+        transition = make_transition(obs, slate, result)
+        if hidden:
+            transition.update(hidden=before, next_hidden=shop.state.satisfaction.clone())
+        agent.observe(transition)
         metrics = agent.update()
         if on_step is not None:
             on_step(step, metrics, result)
@@ -187,6 +195,16 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
         restore_shop_state(shop, mine["shop"])
         start = int(saved["env_step"])
     wrap_agent(agent, world)
+    logged = None
+    if tcfg.logged_data:  # off-policy from logs (rlrec/train/logged.py): each step is one gradient step
+        check_logged_agent(agent)
+        require(
+            not tcfg.compile and world.size == 1,
+            "trainer.logged_data",
+            tcfg.logged_data,
+            "empty with trainer.compile or trainer.distributed (those run the shop's DQN step)",
+        )
+        logged = logged_rows(tcfg.logged_data, env_cfg, shop)
     tracker = EpisodeTracker(b, shop.device)
     step_fn = TrainStep(shop, agent, tracker, mode=tcfg.compile_mode) if tcfg.compile else None
 
@@ -259,7 +277,8 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
         done_steps = step + 1
         if done_steps % tcfg.log_every == 0 or done_steps == tcfg.env_steps:
             now = time.perf_counter()
-            scalars = {f"charts/{key}": value for key, value in tracker.flush(world).items()}
+            # (training from logs shows no sessions: no session charts then)
+            scalars = {f"charts/{key}": value for key, value in tracker.flush(world).items() if logged is None}
             scalars["charts/SPS"] = users * (done_steps - last["step"]) / max(now - last["time"], 1e-9)
             last.update(time=now, step=done_steps)
             if hasattr(agent, "epsilon"):
@@ -281,7 +300,9 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
             checkpoint(done_steps)
 
     try:
-        if step_fn is not None:
+        if logged is not None:
+            train_logged_steps(agent, logged, tcfg.env_steps, on_step=on_step, start=start)
+        elif step_fn is not None:
             step_fn.run(tcfg.env_steps, on_step=on_step, start=start)
         else:
             train_steps(shop, agent, tcfg.env_steps, on_step=on_step, start=start)
