@@ -23,7 +23,7 @@ import torch
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule, require_spec
 from rlrec.config import param, probability
-from rlrec.sim.env import Observation, random_slates
+from rlrec.sim.env import Observation
 from rlrec.sim.tabular import n_tabular_states, tabular_state_index
 
 
@@ -76,11 +76,10 @@ class TabularQAgent(AgentBase):
         return tabular_state_index(obs, self.spec)
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        greedy = self.q[self.state(obs)].argmax(dim=1, keepdim=True)
+        greedy = self.mask_unavailable(self.q[self.state(obs)]).argmax(dim=1, keepdim=True)
         if not explore:
             return greedy
-        random = random_slates(greedy.shape[0], self.spec.n_items, 1, self.generator)
-        return explore_rows(greedy, random, self.epsilon, self.generator)
+        return explore_rows(greedy, self.random_slates(greedy.shape[0]), self.epsilon, self.generator)
 
     def observe(self, transition: Transition) -> None:
         self._pending = transition
@@ -103,7 +102,8 @@ class TabularQAgent(AgentBase):
     ) -> dict[str, torch.Tensor]:
         """The batched update described in the module docstring."""
         q, hp = self.q, self.hp
-        target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * q[next_state].max(dim=1).values
+        next_value = self.mask_unavailable(q[next_state]).max(dim=1).values
+        target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * next_value
         td_error = target - q[state, action]
         flat = state * q.shape[1] + action
         hits = torch.zeros(q.numel(), dtype=q.dtype, device=q.device).index_add_(0, flat, torch.ones_like(td_error))

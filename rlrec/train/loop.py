@@ -3,8 +3,10 @@
 :func:`train_steps` is the bare loop (tests and benchmarks use it). :func:`train` is what
 ``python train.py`` runs: it checks the whole config, builds the shop and the agent, resumes
 from a checkpoint when there is one, logs to TensorBoard (every step counted in user-steps),
-checkpoints atomically, stops on divergence, and ends with an evaluation whose mean session
-return it returns (so Hydra sweepers can optimise it).
+checkpoints atomically, validates every ``trainer.val_every`` steps in a validation shop
+(``eval/val_return``; the best checkpoint so far is kept as ``best.pt``), stops on divergence,
+and ends with an evaluation whose mean session return it returns (so Hydra sweepers can
+optimise it). The final evaluation opens the catalog: new items held out in training are in it.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 from rlrec.agents import agent_name, build_agent
 from rlrec.agents.base import Agent, AgentSpec, make_transition
 from rlrec.config import LoggerConfig, TrainerConfig, build_config, env_config_from, require
-from rlrec.eval.rollout import METRICS, compare_policies, make_baselines
+from rlrec.eval.rollout import METRICS, compare_policies, make_baselines, run_sessions
+from rlrec.eval.shifts import check_same_catalog, shop_config
 from rlrec.sim.env import Shop
 from rlrec.train.run import (
+    BEST_NAME,
     CHECKPOINT_NAME,
     FORMAT,
     RunError,
+    catalog_fingerprint,
+    check_catalog,
     check_resume,
     env_fingerprint,
     load_checkpoint,
@@ -56,8 +62,11 @@ def train_steps(
     """Run environment steps ``start .. env_steps - 1`` of collection and learning.
 
     ``on_step(step, metrics, result)`` is called after each step (logging, checkpoints).
-    The shop is not reset: a second call continues the same sessions.
+    The shop is not reset: a second call continues the same sessions. The agent recommends
+    from the shop's catalog (``shop.item_available``).
     """
+    if hasattr(agent, "use_catalog"):
+        agent.use_catalog(shop.item_available)
     obs = shop.observation()
     for step in range(start, env_steps):
         slate = agent.act(obs, explore=True)
@@ -155,6 +164,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     shop.reset(seed=seed)
     agent = build_agent(cfg.agent, AgentSpec.from_shop(shop), seed=seed, device=str(shop.device))
     b = shop.num_users
+    val_shop = None
+    if tcfg.val_every:  # same catalog, other users (or a shifted shop); built now, so that a bad one fails first
+        val_shop = Shop(shop_config(env_cfg, tcfg.val_shop, tcfg.val_user_seed), num_users=tcfg.val_users)
+        check_same_catalog(catalog_fingerprint(shop), val_shop, tcfg.val_shop)
+    best = {"return": -math.inf, "step": None}  # the best validation so far (kept in checkpoints)
 
     start, ckpt_path, changes = 0, run_dir / CHECKPOINT_NAME, []
     resume_from = None
@@ -166,6 +180,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         changes = saved.get("config_changes", []) + check_resume(saved, cfg, resume_from)
+        check_catalog(saved, shop, resume_from)
+        best.update(saved.get("validation") or {})
         agent.load_state_dict(move_to(saved["agent"], shop.device))
         restore_shop_state(shop, saved["shop"])
         start = int(saved["env_step"])
@@ -205,25 +221,40 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
             "env.w_* reward weights."
         )
 
-    def checkpoint(step_done: int) -> None:
+    def run_state(step_done: int) -> dict[str, Any]:
         state = agent.state_dict()
         if not _all_finite(state):
             raise diverged(f"by env step {step_done}: the agent's parameters hold NaN or infinite values")
-        save_checkpoint(
-            ckpt_path,
-            {
-                "format": FORMAT,
-                "env_step": step_done,
-                "num_users": b,
-                "agent": state,
-                "shop": shop_state(shop),
-                "agent_target": str(cfg.agent._target_),
-                "env_fingerprint": env_fingerprint(env_cfg),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "config_changes": changes,
-            },
-        )
+        return {
+            "format": FORMAT,
+            "env_step": step_done,
+            "num_users": b,
+            "agent": state,
+            "shop": shop_state(shop),
+            "agent_target": str(cfg.agent._target_),
+            "env_fingerprint": env_fingerprint(env_cfg),
+            "catalog_fingerprint": catalog_fingerprint(shop),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config_changes": changes,
+            "validation": dict(best),
+        }
+
+    def checkpoint(step_done: int) -> None:
+        save_checkpoint(ckpt_path, run_state(step_done))
         last["checkpoint"] = step_done
+
+    def validate(step_done: int) -> None:
+        """Play the greedy policy in the validation shop (its catalog as the training shop's now); keep the best."""
+        val_shop.restore_catalog(shop.catalog_step, shop.catalog_open)
+        exploration = agent.generator.get_state() if hasattr(agent, "generator") else None
+        value = float(run_sessions(val_shop, agent, seed=tcfg.val_seed).session_return.mean())
+        if exploration is not None:  # validating must not change what training does next
+            agent.generator.set_state(exploration)
+        if writer is not None:
+            writer.add_scalar("eval/val_return", value, step_done * b)
+        if value > best["return"]:
+            best.update({"return": value, "step": step_done})
+            save_checkpoint(run_dir / BEST_NAME, run_state(step_done))
 
     def on_step(step: int, metrics: dict[str, torch.Tensor], result: Any) -> None:
         tracker.add(result)
@@ -246,6 +277,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
                 SPS=f"{scalars['charts/SPS']:,.0f}", ret=f"{scalars.get('charts/episodic_return', float('nan')):.2f}"
             )
         bar.update(1)
+        if val_shop is not None and (done_steps % tcfg.val_every == 0 or done_steps == tcfg.env_steps):
+            validate(done_steps)
         if tcfg.checkpoint_every and done_steps % tcfg.checkpoint_every == 0 and done_steps < tcfg.env_steps:
             checkpoint(done_steps)
 
@@ -258,7 +291,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         if writer is not None:
             writer.flush()
 
-    eval_shop = Shop(env_cfg, num_users=tcfg.eval_users)
+    eval_shop = Shop(env_cfg, num_users=tcfg.eval_users).open_catalog()
     policies = {"trained": agent, **make_baselines(tcfg.eval_baselines, eval_shop, seed)}
     results = compare_policies(eval_shop, policies, seed=tcfg.eval_seed)
     summary = results["trained"]
@@ -289,4 +322,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     log.info("final evaluation, %d sessions each, %s (95%% CI):", tcfg.eval_users, METRICS["episodic_return"])
     for label, result in results.items():
         log.info("  %14s: %.3f ± %.3f", label, result["episodic_return"]["mean"], result["episodic_return"]["ci95"])
+    if best["step"] is not None:
+        log.info("best validation return %.3f at env step %d: %s", best["return"], best["step"], run_dir / BEST_NAME)
     return float(summary["episodic_return"]["mean"])
