@@ -86,18 +86,19 @@ def make_catalog(cfg: EnvConfig, generator: torch.Generator) -> Catalog:
 def make_content(cfg: EnvConfig, catalog: Catalog, generator: torch.Generator) -> torch.Tensor:
     """[N, content_dim] synthetic content vectors: what an image or text encoder would say about each item.
 
-    A fixed random linear projection of the item's hidden truth, its fit vector and its
-    standardised quality (each of the D + 1 columns scaled to unit variance, so that quality
+    What the item is and how good it is: a fixed random linear projection of its hidden fit
+    vector and its quality (each of the D + 1 columns scaled to unit variance, so quality
     weighs like one fit dimension), plus Gaussian noise of std ``content_noise`` per
     coordinate; each coordinate's signal has variance about 1. So the content is informative
     but not the truth, and ``content_noise`` sets how informative: a learned projection of
     ``content_dim >= D + 1`` coordinates recovers the truth up to noise of std about
-    ``content_noise * sqrt((D + 1) / content_dim)``.
+    ``content_noise * sqrt((D + 1) / content_dim)``. Hype (how attractive an item looks) is
+    left out: content tells a recommender what a customer would be glad to have bought.
     """
     n, d = catalog.latent.shape
     quality = catalog.quality
     quality_z = (quality - quality.mean()) / quality.std(correction=0).clamp_min(1e-6)
-    truth = torch.cat([catalog.latent.cpu() * d**0.5, quality_z.cpu().unsqueeze(-1)], dim=-1)  # [N, D + 1]
+    truth = torch.cat([catalog.latent * d**0.5, quality_z.unsqueeze(-1)], dim=-1).cpu()  # [N, D + 1]
     projection = torch.randn(d + 1, cfg.content_dim, generator=generator) / (d + 1) ** 0.5
     noise = torch.randn(n, cfg.content_dim, generator=generator)
     return truth @ projection + cfg.content_noise * noise

@@ -154,11 +154,23 @@ class Shop:
         """[N, C] the items' content vectors (observable), or None."""
         return self.catalog.content
 
-    def open_catalog(self) -> Shop:
-        """Put every item in the catalog for good, the held-out ones too (what an evaluation does)."""
+    def open_catalog(self, new_only: bool = False) -> Shop:
+        """Put every item in the catalog for good, the held-out ones too (what an evaluation does).
+
+        ``new_only``: the catalog is the new items alone (a cold-start test: every slate shows
+        items the agent may never have seen). It needs a shop with new items.
+        """
         self.catalog_open = True
-        if self.item_available is not None:
-            self.item_available.fill_(True)  # in place: agents holding the tensor see the change
+        if new_only:
+            if self.item_new is None or int(self.item_new.sum()) < self.slate_size:
+                n_new = 0 if self.item_new is None else int(self.item_new.sum())
+                raise ConfigError(
+                    f"a catalog of new items only needs at least slate_size = {self.slate_size} of them; this "
+                    f"shop has {n_new} (env.holdout_items = {self.cfg.holdout_items}): raise env.holdout_items."
+                )
+            self.item_available.copy_(self.item_new)  # in place: agents holding the tensor see the change
+        elif self.item_available is not None:
+            self.item_available.fill_(True)
         return self
 
     def _advance_catalog(self) -> None:
@@ -225,13 +237,14 @@ class Shop:
                     f"slate holds item id {bad}, out of range: item ids must be in "
                     f"0..n_items-1 = 0..{self.n_items - 1}."
                 )
-            if self.item_available is not None and not self.catalog_open:
+            if self.item_available is not None:
                 shown = self.item_available[slate.long()]
                 if not bool(shown.all()):
                     bad = int(slate[~shown][0])
                     raise ValueError(
-                        f"slate shows item {bad}, which is not in the catalog yet (a new item, env.holdout_items): "
-                        "recommend only items whose entry in the agent spec's item_available is true."
+                        f"slate shows item {bad}, which is not in the catalog now (a new item yet to arrive, see "
+                        "env.holdout_items): recommend only items whose entry in the shop's item_available "
+                        "(the agent spec's) is true."
                     )
         return slate.long()
 
