@@ -24,10 +24,14 @@ Then every trained policy plays, on the same evaluation users (common random num
   ``new_item_ctr`` measure how well an agent recommends items it has never seen;
 - ``heldout_users`` and each ``shift_*`` shop (rlrec/eval/shifts.py), catalog open.
 
+The privileged yardsticks (``--yardsticks``) play every shop too: a shift can make a shop
+easier or harder for everyone, so each agent's return is also given as a share of the
+quality-aware rule's in the same shop.
+
 Agents come from the registry (``--agents``, any learning agent; ``--set name.key=value``
-overrides their conf/agent defaults). Prints a table and writes JSON ``{"config", "results":
+overrides their conf/agent defaults). Prints tables and writes JSON ``{"config", "results":
 {agent: {arm: {"seed_means", "train_wall_s_per_seed", "shops": {shop: <every metric of
-rlrec.eval.rollout.METRICS>: {"mean", "ci95", "n"}}}}}}``.
+rlrec.eval.rollout.METRICS>: {"mean", "ci95", "n"}}}}}, "yardsticks": {name: {shop: ...}}}``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from rlrec.agents import AGENTS, agent_class, build_agent
 from rlrec.agents.base import AgentSpec
 from rlrec.config import env_preset
 from rlrec.eval.output import markdown_table, mean_ci_cell
-from rlrec.eval.rollout import SessionStats, run_sessions
+from rlrec.eval.rollout import SessionStats, make_baselines, run_sessions
 from rlrec.eval.shifts import HELDOUT_USERS, shift_names, shop_config
 from rlrec.sim.env import Shop
 from rlrec.train.loop import train_steps
@@ -52,6 +56,14 @@ HELDOUT_USER_SEED = 1
 ARMS = {"content": {}, "id_only": {"content_dim": 0}, "noisy_content": {"content_noise": 100.0}}
 """Each arm's change to the training shop."""
 CATALOGS = ("training catalog", "open catalog", "new items only")
+
+
+def training_env(arm: str, content_dim: int, content_noise: float | None, holdout_items: float, device: str) -> Any:
+    """The env config an arm trains in: the default shop (catalog seed 0) with content and new items."""
+    fields = {"content_dim": content_dim, "holdout_items": holdout_items, "device": device, "seed": 0}
+    if content_noise is not None:
+        fields["content_noise"] = content_noise
+    return env_preset("default", **{**fields, **ARMS[arm]})
 
 
 def evaluation_shops(env: Any, eval_users: int) -> dict[str, Shop]:
@@ -64,6 +76,15 @@ def evaluation_shops(env: Any, eval_users: int) -> dict[str, Shop]:
     for name in [HELDOUT_USERS, *shift_names()]:
         shops[name] = Shop(shop_config(env, name, HELDOUT_USER_SEED), num_users=eval_users).open_catalog()
     return shops
+
+
+def run_yardsticks(names: tuple[str, ...], env: Any, eval_users: int) -> dict[str, dict[str, Any]]:
+    """``{yardstick: {shop: summary}}``: the privileged rules in every evaluation shop."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for label, shop in evaluation_shops(env, eval_users).items():
+        for name, policy in make_baselines(names, shop, seed=0).items():
+            out[name][label] = run_sessions(shop, policy, seed=EVAL_SEED).summary()
+    return out
 
 
 def run(
@@ -82,14 +103,11 @@ def run(
 ) -> dict[str, dict[str, Any]]:
     """Train every agent in every arm for ``seeds`` seeds; return ``{agent: {arm: results}}`` (module docstring)."""
     overrides = overrides or {}
-    shop_fields = {"content_dim": content_dim, "holdout_items": holdout_items, "device": device, "seed": 0}
-    if content_noise is not None:
-        shop_fields["content_noise"] = content_noise
     results: dict[str, dict[str, Any]] = {}
     for name in agents:
         results[name] = {}
         for arm in arms:
-            env = env_preset("default", **{**shop_fields, **ARMS[arm]})
+            env = training_env(arm, content_dim, content_noise, holdout_items, device)
             stats: dict[str, list[SessionStats]] = {}
             wall = 0.0
             for seed in range(seeds):
@@ -124,15 +142,28 @@ def run(
     return results
 
 
-def format_tables(results: dict[str, dict[str, Any]]) -> str:
-    """Two markdown tables: session return in every shop, and the new items' figures."""
+def format_tables(results: dict[str, dict[str, Any]], yardsticks: dict[str, dict[str, Any]] | None = None) -> str:
+    """Markdown tables: session return in every shop (and as a share of the quality-aware rule's), and
+    the new items' figures."""
     first = next(iter(next(iter(results.values())).values()))
     shops = list(first["shops"])
-    returns, new_items = [], []
+    yardsticks = yardsticks or {}
+    returns, new_items, shares = [], [], []
+    for name, by_shop in yardsticks.items():
+        returns.append([name, "(privileged)"] + [mean_ci_cell(by_shop[shop]["episodic_return"], 2) for shop in shops])
+    reference = yardsticks.get("quality_aware")
     for name, arms in results.items():
         for arm, r in arms.items():
             s = r["shops"]
             returns.append([name, arm] + [mean_ci_cell(s[shop]["episodic_return"], 2) for shop in shops])
+            if reference is not None:
+                shares.append(
+                    [name, arm]
+                    + [
+                        f"{s[shop]['episodic_return']['mean'] / reference[shop]['episodic_return']['mean']:.2f}"
+                        for shop in shops
+                    ]
+                )
             new_items.append(
                 [
                     name,
@@ -146,10 +177,17 @@ def format_tables(results: dict[str, dict[str, Any]]) -> str:
                     f"{r['train_wall_s_per_seed']:.0f}",
                 ]
             )
+    share_table = []
+    if shares:
+        share_table = [
+            "episodic_return as a share of the quality_aware yardstick's in the same shop",
+            markdown_table(["agent", "arm", *shops], shares),
+        ]
     return "\n\n".join(
         [
             "episodic_return (95% CI) in each shop",
             markdown_table(["agent", "arm", *shops], returns),
+            *share_table,
             "new items: a catalog of new items only (cold start), and the open catalog (new and warm items)",
             markdown_table(
                 [
@@ -183,6 +221,9 @@ def main() -> None:
     parser.add_argument("--content-dim", type=int, default=32)
     parser.add_argument("--content-noise", type=float, default=None, help="default: env.content_noise's default")
     parser.add_argument("--holdout-items", type=float, default=0.2)
+    parser.add_argument(
+        "--yardsticks", nargs="*", default=["myopic_oracle", "quality_aware"], help="privileged rules played too"
+    )
     parser.add_argument(
         "--set",
         nargs="*",
@@ -218,9 +259,11 @@ def main() -> None:
         holdout_items=args.holdout_items,
         overrides=_parse_overrides(args.set),
     )
-    print(format_tables(results))
+    env = training_env("content", args.content_dim, args.content_noise, args.holdout_items, args.device)
+    yardsticks = run_yardsticks(tuple(args.yardsticks), env, args.eval_users)
+    print(format_tables(results, yardsticks))
     with open(args.out, "w") as f:
-        json.dump({"config": vars(args), "results": results}, f, indent=1)
+        json.dump({"config": vars(args), "results": results, "yardsticks": yardsticks}, f, indent=1)
     print(f"wrote {args.out}")
 
 
