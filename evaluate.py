@@ -1,11 +1,13 @@
-"""Evaluate policies: ``python evaluate.py run_dir=<run>`` (simulator) or ``python evaluate.py env=obd`` (logs).
+"""Evaluate policies: ``python evaluate.py run_dir=<run>`` (simulator), ``env=obd`` or ``env=served`` (logs).
 
 By default it replays a trained run and the baselines on the same simulated users
 (rlrec/eval/sim_report.py); ``shifts=[heldout_users,shift_mix,...]`` adds other customers and
 shifted shops with the gap to the training shop (rlrec/eval/shifts.py).
 ``env=obd`` trains nothing: it estimates each policy's click rate
 from the Open Bandit Dataset's logs with IPS, SNIPS, DM and DR (rlrec/eval/logged_report.py).
-Both write eval.json, eval.md and policies.png (into the run directory or ``out_dir``).
+``env=served env.logs_path=<store>`` does the same from the decision log of rlrec's own
+service (rlrec/eval/served_report.py). All write eval.json, eval.md and policies.png (into the
+run directory or ``out_dir``).
 """
 
 from datetime import datetime
@@ -14,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rlrec.cli import friendly_errors, run_entry_point
-from rlrec.config import ConfigError, EvaluateConfig, build_config, env_config_from, register_configs
+from rlrec.config import ConfigError, EvaluateConfig, build_config, env_config_from, register_configs, require
 
 register_configs()
 
@@ -46,9 +48,31 @@ def main(cfg: DictConfig) -> float:
             print(format_markdown(report))
             print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
             return float(next(iter(report["policies"].values()))["ips"]["value"])
+        if env is not None and env.logs == "served":
+            from rlrec.eval.served_report import evaluate_served, format_markdown
+
+            require(
+                bool(env.logs_path),
+                "env.logs_path",
+                env.logs_path,
+                "the service's store with env=served: its SQLite file (serve.py's store.path) or a SQLAlchemy URL",
+            )
+            out_dir = ecfg.out_dir or datetime.now().strftime("outputs/eval/%Y-%m-%d/%H-%M-%S")
+            report = evaluate_served(
+                env.logs_path,
+                n_boot=ecfg.ope.n_boot,
+                seed=ecfg.ope.seed,
+                out_dir=out_dir,
+                run_dir=ecfg.run_dir,
+                checkpoint=ecfg.checkpoint,
+                device=ecfg.device,
+            )
+            print(format_markdown(report))
+            print(f"wrote {out_dir}/eval.json, eval.md, policies.png")
+            return float(next(iter(report["policies"].values()))["click"]["ips"]["value"])
         if env is not None:
             raise ConfigError(
-                "evaluate.py takes env=obd (policies on logged data) or no env at all: a trained "
+                "evaluate.py takes env=obd or env=served (policies on logged data) or no env at all: a trained "
                 "run is evaluated in the shop it was trained on (its checkpoint holds the env config)."
             )
         from rlrec.eval.sim_report import evaluate_run, format_markdown

@@ -4,12 +4,15 @@ Composed by Hydra from conf/train.yaml; see README.md. Returns the final evaluat
 session return, so ``-m`` sweeps (Optuna included) can optimise it.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlrec.cli import friendly_errors, run_entry_point
 from rlrec.config import register_configs
+from rlrec.train.distributed import quiet_rank_overrides
 
 register_configs()
 
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv += quiet_rank_overrides(sys.argv[1:])  # torchrun's ranks other than 0 write nothing
     run_entry_point(main)

@@ -21,14 +21,24 @@ USER_ERRORS = (ConfigError, RunError, OBDFormatError)
 
 
 def one_line(message: str) -> str:
-    """A multi-line message as one line (Hydra's messages span several)."""
-    parts = [line.strip() for line in str(message).splitlines() if line.strip()]
-    parts = [
-        p
-        for p in parts
-        if not p.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Config search path", "provider="))
+    """A multi-line message as one line (Hydra's messages span several; the lines after a
+    ``...:`` header, such as its list of available options, become a comma-separated list)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    lines = [
+        x
+        for x in lines
+        if not x.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Config search path", "provider="))
     ]
-    return "; ".join(parts)
+    out, listing = "", False
+    for line in lines:
+        if not out:
+            out = line
+        elif listing and not line.endswith(":"):
+            out += (" " if out.endswith(":") else ", ") + line
+        else:
+            out += (" " if out.endswith(":") else "; ") + line
+        listing = line.endswith(":") or (listing and not line.endswith(":"))
+    return out
 
 
 def _fail(message: str) -> None:
@@ -46,6 +56,20 @@ def friendly_errors() -> Iterator[None]:
     except OSError as err:  # a read-only directory, a full disk...
         where = f" {err.filename}" if err.filename else ""
         _fail(f"cannot use{where}: {err.strerror or err}")
+    except RuntimeError as err:  # torch reports memory exhaustion as a RuntimeError (OutOfMemoryError on CUDA)
+        if not _out_of_memory(err):
+            raise
+        _fail(
+            f"out of memory ({one_line(str(err))[:200]}): lower env.num_users, agent.batch_size or "
+            "agent.buffer_size, or use a device with more memory"
+        )
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def run_entry_point(main: Callable[[], object]) -> None:
@@ -61,6 +85,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
     with friendly_errors():
         try:
             main()
+        except KeyboardInterrupt:
+            print("interrupted: the last checkpoint is kept; run the same command to resume.", file=sys.stderr)
+            raise SystemExit(130) from None
         except (HydraException, OmegaConfBaseException) as err:
             cause = err.__cause__ if isinstance(err.__cause__, (OmegaConfBaseException, ConfigError)) else None
             if isinstance(cause, ConfigError):

@@ -188,9 +188,11 @@ class EnvConfig:
     # --- fitted to logs ------------------------------------------------------------
     # "obd": catalog, users and click model come from the Open Bandit Dataset's logs (see
     # rlrec/sim/fitted.py); the data then sets n_items, the categories, the user feature
-    # sizes and the click utilities. "": a synthetic shop from the fields below.
-    logs: str = param("", choices=("", "obd"))
-    logs_path: Optional[str] = None  # root of the dataset; None: the sample shipped with rlrec
+    # sizes and the click utilities. "served": the decision log of rlrec's own service
+    # (rlrec/data/served.py; evaluate.py only, it is not a shop). "": a synthetic shop from the fields below.
+    logs: str = param("", choices=("", "obd", "served"))
+    # obd: root of the dataset (None: the sample shipped with rlrec); served: the store (a SQLite file or URL)
+    logs_path: Optional[str] = None
     logs_campaign: str = param("men", choices=("men", "women", "all"))  # "all": full release only
 
     # --- catalog -------------------------------------------------------------------
@@ -463,6 +465,15 @@ class TrainerConfig:
     val_seed: int = param(30_000, ge=0)  # seeds the validation users: the same sessions at every validation
     val_shop: str = "heldout_users"
     val_user_seed: int = param(2, ge=0)
+    # The launch-free training step (rlrec/train/compiled.py, agent=dqn): collect, store, sample and
+    # update without host synchronisation, captured by torch.compile. Fresh users are drawn for
+    # every row, so the same seed gives another (equally distributed) run than the eager loop.
+    compile: bool = False
+    # torch.compile's mode for it; "auto": "reduce-overhead" (CUDA graphs) on CUDA, "default" on CPU
+    compile_mode: str = param("auto", choices=("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs"))
+    # Data-parallel over the ranks that torchrun or SLURM starts (rlrec/train/distributed.py): each
+    # rank its own users and replay, gradients averaged; rank 0 logs and checkpoints.
+    distributed: bool = False
 
     def check(self, prefix: str = "trainer") -> None:
         from rlrec.eval.rollout import check_baseline_names
@@ -499,7 +510,8 @@ class OPEConfig:
 
 @dataclass
 class EvaluateConfig:
-    """``python evaluate.py``: a trained run in the simulator, or policies on logged data (``env=obd``)."""
+    """``python evaluate.py``: a trained run in the simulator, or policies on logged data (``env=obd``,
+    ``env=served``)."""
 
     run_dir: Optional[str] = None  # the output directory of a train run (holds checkpoint.pt and tb/)
     checkpoint: Optional[str] = None  # or a checkpoint file
@@ -513,8 +525,9 @@ class EvaluateConfig:
     # shifted shops conf/env/shift_<name>.yaml (same catalog; see rlrec/eval/shifts.py).
     shifts: list[str] = field(default_factory=list)
     heldout_user_seed: int = param(1, ge=0)
-    ope: OPEConfig = field(default_factory=lambda: OPEConfig())  # env=obd: the off-policy estimates
-    env: Any = None  # the env group: None (a trained run is evaluated in its own shop) or env=obd (logged data)
+    ope: OPEConfig = field(default_factory=lambda: OPEConfig())  # env=obd, env=served: the off-policy estimates
+    # the env group: None (a trained run is evaluated in its own shop), env=obd or env=served (logged data)
+    env: Any = None
 
     def check(self, prefix: str = "") -> None:
         from rlrec.eval.rollout import check_baseline_names
@@ -522,6 +535,97 @@ class EvaluateConfig:
 
         check_baseline_names(self.baselines, "baselines")
         check_shop_names(self.shifts, "shifts")
+
+
+# ----------------------------------------------------------------------------- serving
+@dataclass
+class ExplorationConfig:
+    """How a service picks a slate from its model's scores. The probability of every shown item
+    at its position follows from these settings and is computed exactly (rlrec/serve/exploration.py).
+
+    ``kind``: ``greedy`` shows the k best-scored candidates; ``epsilon_greedy`` shows, with
+    probability ``epsilon``, a uniformly random slate of k distinct candidates instead;
+    ``softmax`` shows, with probability ``epsilon``, a uniformly random slate, else a
+    Plackett-Luce sample (softmax(score / temperature), drawn without replacement) from the
+    ``pool`` best-scored candidates; ``manifest`` (the service's default) uses the settings the
+    model was exported with.
+    """
+
+    kind: str = param("manifest", choices=("manifest", "greedy", "epsilon_greedy", "softmax"))
+    epsilon: float = probability(0.1)  # share of uniformly random slates (every candidate can be shown)
+    temperature: float = param(1.0, gt=0)  # softmax: sampling weights exp(score / temperature)
+    pool: int = param(100, ge=1)  # softmax: Plackett-Luce over this many best-scored candidates
+
+    def resolved(self, manifest_settings: dict[str, Any]) -> ExplorationConfig:
+        """These settings, or the model's own (``manifest_settings``) when ``kind`` is ``manifest``."""
+        if self.kind != "manifest":
+            return self
+        return build_config(ExplorationConfig, manifest_settings, "exploration")
+
+
+@dataclass
+class StoreConfig:
+    """Where a service logs its decisions and the feedback on them (rlrec/serve/store.py).
+
+    One writer commits records in batches: a request is answered once its record is
+    committed, so a crash (kill -9) loses no answered request.
+    """
+
+    path: str = "served.db"  # the SQLite file (created if missing; WAL mode)
+    url: Optional[str] = None  # any SQLAlchemy URL instead, e.g. postgresql+psycopg://user@host/rlrec
+    max_batch: int = param(512, ge=1)  # records per commit at most
+    # how long the writer waits for more records before committing a batch (0: commit as soon as
+    # it is free; records that arrive during a commit share the next one)
+    max_delay_ms: float = param(0.0, ge=0, le=1000)
+    # SQLite: NORMAL survives a crash of the service; FULL also a crash of the machine (an fsync per commit)
+    synchronous: str = param("NORMAL", choices=("NORMAL", "FULL"))
+    max_pending: int = param(10_000, ge=1)  # records waiting for the writer before new requests get 503
+    # who commits: "auto" = SQLite on the event loop's thread (a local commit costs less than waking
+    # another thread), a server database on a writer thread (its commits wait for the network)
+    writer: str = param("auto", choices=("auto", "loop", "thread"))
+
+    def check(self, prefix: str = "store") -> None:
+        require(
+            self.url is not None or self.path.strip() != "",
+            f"{prefix}.path",
+            self.path,
+            "a file name (or set store.url to a SQLAlchemy URL)",
+        )
+
+
+@dataclass
+class ServeConfig:
+    """``python serve.py``: a trained policy as an HTTP recommendation service (rlrec/serve/app.py)."""
+
+    run_dir: Optional[str] = None  # a train run: exported into <run_dir>/serving/<version>/, then served
+    model: Optional[str] = None  # or an exported model directory (python -m rlrec.serve.export), watched for swaps
+    host: str = param("127.0.0.1", text="a host name or address to listen on")  # 0.0.0.0: every interface
+    port: int = param(8000, ge=1, le=65535)
+    workers: int = param(1, ge=1, le=64)  # server processes (each loads the model and writes to the store)
+    # the engine that scores: "auto" = ONNX Runtime when installed and the export has an ONNX
+    # graph (about 2x faster here on small batches), else TorchScript
+    backend: str = param("auto", choices=("auto", "torchscript", "onnx"))
+    max_batch: int = param(64, ge=1, le=4096)  # requests scored together when they arrive together
+    # seeds each request's exploration with (seed, request_id): a decision can be replayed
+    # exactly; None draws a fresh seed at every start
+    seed: Optional[int] = param(None, ge=0)
+    reload_interval_s: float = param(1.0, ge=0)  # how often the model directory is checked for a new version (0: never)
+    admin: bool = True  # POST /v1/admin/reload (swap the model now); turn off where clients are not trusted
+    log_level: str = param("info", choices=("critical", "error", "warning", "info", "debug"))
+    exploration: ExplorationConfig = field(default_factory=lambda: ExplorationConfig())
+    store: StoreConfig = field(default_factory=lambda: StoreConfig())
+
+    def check(self, prefix: str = "") -> None:
+        if self.run_dir is None and self.model is None:
+            raise ConfigError(
+                "say what to serve: run_dir=<a train run's directory> or model=<an exported model directory>."
+            )
+        if self.run_dir is not None and self.model is not None:
+            raise ConfigError(
+                f"run_dir={self.run_dir} and model={self.model} are both set: serve one of them "
+                "(run_dir exports the run first; model serves an export)."
+            )
+        require(self.host.strip() != "", "host", self.host, "a host name or address, e.g. 127.0.0.1 or 0.0.0.0")
 
 
 def register_configs() -> None:
@@ -541,3 +645,4 @@ def register_configs() -> None:
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     cs.store(group="schema", name="evaluate", node=EvaluateConfig)
+    cs.store(group="schema", name="serve", node=ServeConfig)

@@ -8,14 +8,20 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 DEVICES = ["cpu", CUDA]
 
 
-def solved_tiny_shop(num_users):
-    """(shop, exact MDP, Q*, V*) of the tiny shop with ``num_users`` rows."""
+def solved_shop(preset, num_users, **overrides):
+    """(shop, exact MDP, Q*, V*) of an enumerable preset (``tiny``, ``medium``) with ``num_users`` rows,
+    e.g. ``solved_shop("tiny", 8, slate_size=2)``."""
     from rlrec.sim.tabular import build_tabular_mdp, value_iteration
 
-    shop = Shop(env_preset("tiny", device="cpu", num_users=num_users))
+    shop = Shop(env_preset(preset, device="cpu", num_users=num_users, **overrides))
     mdp = build_tabular_mdp(shop)
     q, v = value_iteration(mdp)
     return shop, mdp, q, v
+
+
+def solved_tiny_shop(num_users):
+    """(shop, exact MDP, Q*, V*) of the tiny shop with ``num_users`` rows."""
+    return solved_shop("tiny", num_users)
 
 
 @pytest.fixture

@@ -89,5 +89,5 @@ def test_agents_refuse_unknown_and_invalid_hyperparameters(small_shop):
         agent_class("dqn")(spec, lr=float("inf"))
     with pytest.raises(ConfigError, match=r"agent.epsilon = 2.0 is invalid: it must be a probability in \[0, 1\]"):
         agent_class("popular")(spec, epsilon=2.0)
-    with pytest.raises(ConfigError, match="this agent needs one item per step"):
+    with pytest.raises(ConfigError, match="this agent needs the satisfaction observed"):
         agent_class("tabular_q")(spec)

@@ -25,7 +25,7 @@ TRAIN_CASES = [
     ("agent.n_step=0", "agent.n_step = 0 is invalid: it must be an integer >= 1"),
     ("agent.head=foo", "agent.head = 'foo' is invalid: it must be one of 'dot', 'mlp', 'tabular'"),
     ("+agent.lrr=0.1", "unknown agent field(s) ['lrr']"),
-    ("agent=tabular_q", "this agent needs one item per step (env.slate_size=1), not 5; use env=tiny"),
+    ("agent=tabular_q", "this agent needs the satisfaction observed (env.observe_satisfaction=true); use env=tiny"),
     ("agent=bandit agent.gamma=0.9", "agent.gamma = 0.9 is invalid: it must be 0 for the bandit"),
     ("agent=nope", "Could not find 'agent/nope'"),
     # trainer, logger, top level

@@ -176,6 +176,20 @@ class AgentBase:
         """A deterministic greedy policy's probabilities: all mass on the item its slate shows in ``slot``."""
         return slate_probs(self.act(obs), slot, self.spec.n_items)
 
+    def scoring_module(self) -> torch.nn.Module:
+        """The agent in servable form: a module mapping an observation to [B, N] item scores.
+
+        Its top K (ties aside) is the greedy slate, ``act(obs, explore=False)``; a service
+        adds its own exploration on top (:mod:`rlrec.serve.exploration`). The module holds
+        copies, not references, so training on does not change a served model, and it must
+        trace with ``torch.jit.trace`` (no control flow that depends on the data).
+        :mod:`rlrec.serve.export` turns it into a self-contained artifact.
+        """
+        raise NotServable(
+            f"agent {type(self).__name__} cannot be served: it has no scoring_module() giving [B, N] item "
+            "scores; serve a dqn, bandit, popular, random or tabular_q run."
+        )
+
     def observe(self, transition: Transition) -> None:
         pass
 
@@ -187,6 +201,22 @@ class AgentBase:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class NotServable(ConfigError):
+    """The agent has no servable form (see :meth:`AgentBase.scoring_module`)."""
+
+
+class ItemScores(torch.nn.Module):
+    """The servable form of a policy that scores items the same way for every user: ``scores`` [N]
+    broadcast to [B, N]."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scores", scores.detach().clone().float())
+
+    def forward(self, obs: Observation) -> torch.Tensor:
+        return self.scores.unsqueeze(0).expand(obs["user_features"].shape[0], -1)
 
 
 def require_spec(condition: bool, what: str, fix: str) -> None:
@@ -210,16 +240,30 @@ def batch_size(obs: Observation) -> int:
     return obs["user_features"].shape[0]
 
 
-def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
-    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``."""
+def linear_schedule(start: float, end: float, duration: int, t: int | torch.Tensor) -> float | torch.Tensor:
+    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``.
+
+    ``t`` may be a 0-d integer tensor (the compiled step's counter): the result is then a float64
+    tensor with the value the int gives, computed on the device.
+    """
     if duration <= 0:
         return end
+    if isinstance(t, torch.Tensor):
+        return start + (end - start) * (t.double() / duration).clamp_max(1.0)
     return start + (end - start) * min(t / duration, 1.0)
 
 
 def explore_rows(
-    greedy: torch.Tensor, random: torch.Tensor, epsilon: float, generator: torch.Generator
+    greedy: torch.Tensor,
+    random: torch.Tensor,
+    epsilon: float | torch.Tensor,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Each row of ``greedy`` [B, K] replaced by the row of ``random`` with probability ``epsilon``."""
-    pick = torch.rand(greedy.shape[0], generator=generator, device=greedy.device) < epsilon
-    return torch.where(pick.unsqueeze(-1), random, greedy)
+    """Each row of ``greedy`` [B, K] replaced by the row of ``random`` with probability ``epsilon``.
+
+    The coin of row b is ``uniform[b] < epsilon``; ``uniform`` [B] is drawn from ``generator`` unless given.
+    """
+    if uniform is None:
+        uniform = torch.rand(greedy.shape[0], generator=generator, device=greedy.device)
+    return torch.where((uniform < epsilon).unsqueeze(-1), random, greedy)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rlrec.agents.base import AgentBase, AgentSpec, Transition, batch_size, explore_rows
+from rlrec.agents.base import AgentBase, AgentSpec, ItemScores, Transition, batch_size, explore_rows
 from rlrec.agents.dqn import DQNAgent, DQNConfig
 from rlrec.config import probability, require
 from rlrec.sim.env import Observation
@@ -43,6 +43,11 @@ class RandomAgent(AgentBase):
             device=self.generator.device,
         )
 
+    def scoring_module(self) -> torch.nn.Module:
+        """Every item scores 0: served with softmax exploration over the whole catalog (``pool >= N``)
+        this is exactly the uniformly random slate policy."""
+        return ItemScores(torch.zeros(self.spec.n_items))
+
 
 @dataclass
 class PopularConfig:
@@ -67,6 +72,10 @@ class PopularAgent(AgentBase):
         if not explore:
             return top
         return explore_rows(top, self.random_slates(b), self.hp.epsilon, self.generator)
+
+    def scoring_module(self) -> torch.nn.Module:
+        """The purchase counts (with their tie-breaking noise), the same for every user."""
+        return ItemScores(self.purchases)
 
     def observe(self, transition: Transition) -> None:
         self.purchases.index_add_(0, transition["action"], transition["purchase"].to(self.purchases.dtype))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule
-from rlrec.agents.nets import QNetwork
+from rlrec.agents.nets import QNetwork, ServingQ
 from rlrec.agents.replay import Batch, ReplayBuffer
 from rlrec.config import param, probability, require
 from rlrec.sim.env import Observation
@@ -80,6 +80,7 @@ class DQNAgent(AgentBase):
     """
 
     Config = DQNConfig
+    STORED = ("obs", "action", "reward", "next_obs", "done")  # the transition keys the replay buffer holds
 
     def __init__(self, spec: AgentSpec, *, seed: int = 0, device: str = "auto", **hyperparameters: Any) -> None:
         super().__init__(spec, seed=seed, device=device, **hyperparameters)
@@ -96,6 +97,9 @@ class DQNAgent(AgentBase):
             use_content=hp.use_content,
         ).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        # The online network as the loss calls it: rlrec/train/distributed.py puts it inside
+        # DistributedDataParallel, which all-reduces its gradients; acting and targets use self.q.
+        self.q_train: torch.nn.Module = self.q
         if hp.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.q.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.weight_decay > 0:
@@ -131,15 +135,24 @@ class DQNAgent(AgentBase):
 
     @torch.no_grad()
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        k = self.spec.slate_size
-        greedy = self.mask_unavailable(self.q(obs)).topk(k, dim=1).indices
+        greedy = self.greedy(obs)
         if not explore:
             return greedy
         return explore_rows(greedy, self.random_slates(greedy.shape[0]), self.epsilon, self.generator)
 
+    @torch.no_grad()
+    def greedy(self, obs: Observation) -> torch.Tensor:
+        """[B, K] the K items of highest Q, best first."""
+        return self.mask_unavailable(self.q(obs)).topk(self.spec.slate_size, dim=1).indices
+
+    def scoring_module(self) -> torch.nn.Module:
+        """The online network's Q values of every item (their top K is the greedy slate), item
+        vectors computed once (:class:`~rlrec.agents.nets.ServingQ`)."""
+        return ServingQ(self.q)
+
     # ------------------------------------------------------------------ learning
     def observe(self, transition: Transition) -> None:
-        self.buffer.add({key: transition[key] for key in ("obs", "action", "reward", "next_obs", "done")})
+        self.buffer.add({key: transition[key] for key in self.STORED})
         self.transitions_seen += int(transition["done"].numel())
         if self.q.head != "tabular" and self.q.items.masks_ids:  # these items' ids now learn: they count
             self.q.items.known[transition["action"].to(self.device)] = True
@@ -172,15 +185,18 @@ class DQNAgent(AgentBase):
             next_value = next_q.max(dim=1).values
         return discounted + gamma**steps * (~done).float() * next_value
 
-    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step on ``batch``; then the target network follows."""
+    def td_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of ``batch`` against :meth:`td_target`, and the Q values [batch] of its actions."""
         noise = self.dropout_generator if self.hp.dropout > 0 or self.hp.id_dropout > 0 else None
-        q_values = self.q(batch["obs"], noise=noise).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
+        q_values = self.q_train(batch["obs"], noise=noise).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
         target = self.td_target(batch["rewards"], batch["steps"], batch["next_obs"], batch["done"])
         if self.hp.loss == "huber":
-            loss = F.smooth_l1_loss(q_values, target)
-        else:
-            loss = 0.5 * (q_values - target).pow(2).mean()
+            return F.smooth_l1_loss(q_values, target), q_values
+        return 0.5 * (q_values - target).pow(2).mean(), q_values
+
+    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on ``batch``; then the target network follows."""
+        loss, q_values = self.td_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.hp.max_grad_norm > 0:
@@ -191,13 +207,21 @@ class DQNAgent(AgentBase):
         return {"td_loss": loss.detach(), "q_values": q_values.detach().mean()}
 
     @torch.no_grad()
-    def _update_target(self) -> None:
+    def _update_target(self, updates: int | torch.Tensor | None = None) -> None:
+        """Polyak averaging after every update when tau < 1, else a hard copy every
+        ``target_update_interval`` updates. ``updates`` (default: ``self.updates``) may be the compiled
+        step's 0-d counter: the copy is then chosen on the device (``torch.where``), without a host branch."""
+        updates = self.updates if updates is None else updates
         if self.hp.tau < 1.0:
             for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
                 p_target.lerp_(p, self.hp.tau)
             for b, b_target in zip(self.q.buffers(), self.q_target.buffers()):  # which ids are known
                 b_target.copy_(b)
-        elif self.updates % self.hp.target_update_interval == 0:
+        elif isinstance(updates, torch.Tensor):
+            due = updates % self.hp.target_update_interval == 0
+            for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
+                p_target.copy_(torch.where(due, p, p_target))
+        elif updates % self.hp.target_update_interval == 0:
             self.q_target.load_state_dict(self.q.state_dict())
 
     # ------------------------------------------------------------------ checkpoints
@@ -217,6 +241,10 @@ class DQNAgent(AgentBase):
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.device.type != "cuda":  # a run trained with CUDA graphs saved Adam's capturable form, CUDA-only
+            for group in self.optimizer.param_groups:
+                if group.get("capturable"):
+                    group["capturable"] = False
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         self.dropout_generator.set_state(state["dropout_generator"])

@@ -68,26 +68,51 @@ class ReplayBuffer:
         It must hold ``reward``, ``done`` and ``next_obs``, the true successor (the shop's
         ``final_obs``), not the fresh user that replaced a finished row.
         """
-        flat = self._flatten(transition)
+        self.allocate(transition)
+        self.write(transition, self.added % self.steps)
+        self.added += 1
+
+    def allocate(self, transition: dict[str, Any]) -> None:
+        """Make the storage for transitions shaped like ``transition``, unless it exists."""
         if not self.storage:
-            for key, value in flat.items():
+            for key, value in self._flatten(transition).items():
                 dtype = torch.float32 if key == "reward" else value.dtype
                 self.storage[key] = torch.zeros((self.steps, *value.shape), dtype=dtype, device=self.device)
-        slot = self.added % self.steps
-        for key, value in flat.items():
-            self.storage[key][slot] = value.to(self.device)
-        self.added += 1
+
+    def write(self, transition: dict[str, Any], slot: int | torch.Tensor) -> None:
+        """Store one environment step into ``slot``, an int or a 0-d long tensor on the buffer's device (the
+        compiled step's counter: ``index_copy_`` then writes it without reading the index on the host)."""
+        for key, value in self._flatten(transition).items():
+            if isinstance(slot, torch.Tensor):
+                store = self.storage[key]
+                store.index_copy_(0, slot.view(1), value.to(store.dtype).unsqueeze(0))
+            else:
+                self.storage[key][slot] = value.to(self.device)
 
     def sample(self, batch_size: int) -> Batch:
         """``batch_size`` n-step windows drawn uniformly, as a :data:`Batch` on the buffer's device."""
+        return self.windows(*self.draw(batch_size), self.added)
+
+    def draw(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random numbers of :meth:`sample`: each window's start (``age``, in steps after the oldest
+        step held) and its user column, both [batch_size] long, from the buffer's generator."""
         held = min(self.added, self.steps)
         usable = held - (self.n_step - 1)  # the n-step window must lie inside what is held
         if usable <= 0:
             raise RuntimeError(f"the buffer holds {len(self)} transitions: too few to sample (n_step = {self.n_step}).")
-        oldest = self.added - held
         age = torch.randint(usable, (batch_size,), generator=self.generator, device=self.device)
-        t0 = oldest + age  # absolute step index
         user = torch.randint(self.num_users, (batch_size,), generator=self.generator, device=self.device)
+        return age, user
+
+    def windows(self, age: torch.Tensor, user: torch.Tensor, added: int | torch.Tensor) -> Batch:
+        """The n-step windows that start ``age`` steps after the oldest step held, in columns ``user``,
+        when ``added`` environment steps have been added (an int, or the compiled step's 0-d tensor)."""
+        batch_size = age.shape[0]
+        if isinstance(added, torch.Tensor):
+            oldest = (added - self.steps).clamp_min(0)
+        else:
+            oldest = added - min(added, self.steps)
+        t0 = oldest + age  # absolute step index
 
         def at(key: str, t: torch.Tensor) -> torch.Tensor:
             return self.storage[key][t % self.steps, user]

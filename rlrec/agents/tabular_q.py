@@ -1,6 +1,8 @@
 """Tabular Q-learning on the enumerable shop: the reference implementation.
 
-Short and obviously right; the DQN is checked against it (tests/test_agents.py).
+Short and obviously right; the DQN is checked against it (tests/test_agents.py). Actions are
+the exact MDP's: ordered slates (:func:`rlrec.sim.tabular.all_slates`; with K = 1, the items),
+so the table is [states, N! / (N - K)!] and a transition's action is the index of its slate.
 
 Batched update. A batch holds B transitions ``(s, a, r, s', done)``. Targets use the table
 as it was before the batch, ``y = r + gamma * (1 - done) * max_a' Q[s', a']``, and each
@@ -24,7 +26,7 @@ import torch
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule, require_spec
 from rlrec.config import param, probability
 from rlrec.sim.env import Observation
-from rlrec.sim.tabular import n_tabular_states, tabular_state_index
+from rlrec.sim.tabular import all_slates, n_slates, n_tabular_states, slate_index, tabular_state_index
 
 
 @dataclass
@@ -42,7 +44,7 @@ class TabularQConfig:
 
 
 class TabularQAgent(AgentBase):
-    """Q-learning over the enumerable shop's discrete states, one item per step (hyperparameters:
+    """Q-learning over the enumerable shop's discrete states and slates (hyperparameters:
     :class:`TabularQConfig`). ``seed`` seeds exploration."""
 
     Config = TabularQConfig
@@ -50,21 +52,21 @@ class TabularQAgent(AgentBase):
     def __init__(self, spec: AgentSpec, *, seed: int = 0, device: str = "auto", **hyperparameters: Any) -> None:
         super().__init__(spec, seed=seed, device=device, **hyperparameters)
         n_states, dtype = n_tabular_states(spec), getattr(torch, self.hp.dtype)
-        self.q = torch.zeros(n_states, spec.n_items, dtype=dtype, device=self.device)
-        self.visits = torch.zeros(n_states, spec.n_items, dtype=dtype, device=self.device)
+        self.slates = all_slates(spec.n_items, spec.slate_size).to(self.device)  # [A, K]: action a shows row a
+        self.q = torch.zeros(n_states, self.slates.shape[0], dtype=dtype, device=self.device)
+        self.visits = torch.zeros_like(self.q)
         self.terminal = n_states - 1
         self.transitions_seen = 0
         self._pending: Transition | None = None
 
     def check_spec(self, spec: AgentSpec) -> None:
         fix = "use env=tiny (python train.py experiment=tiny_oracle agent=tabular_q)"
-        require_spec(spec.slate_size == 1, f"one item per step (env.slate_size=1), not {spec.slate_size}", fix)
         require_spec(spec.observe_satisfaction, "the satisfaction observed (env.observe_satisfaction=true)", fix)
-        states = n_tabular_states(spec)
+        states, actions = n_tabular_states(spec), n_slates(spec.n_items, spec.slate_size)
         require_spec(
-            states * spec.n_items <= 50_000_000,
-            f"a table small enough to hold ({states} states x {spec.n_items} items here)",
-            fix,
+            states * actions <= 50_000_000,
+            f"a table small enough to hold ({states:,} states x {actions:,} slates here)",
+            fix + " or lower env.n_items or env.slate_size",
         )
 
     @property
@@ -76,10 +78,21 @@ class TabularQAgent(AgentBase):
         return tabular_state_index(obs, self.spec)
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        greedy = self.mask_unavailable(self.q[self.state(obs)]).argmax(dim=1, keepdim=True)
+        greedy = self.slates[self.in_catalog(self.q[self.state(obs)]).argmax(dim=1)]  # [B, K]
         if not explore:
             return greedy
         return explore_rows(greedy, self.random_slates(greedy.shape[0]), self.epsilon, self.generator)
+
+    def in_catalog(self, q_rows: torch.Tensor) -> torch.Tensor:
+        """``q_rows`` [B, A] with the slates that show an item not in the catalog now at -inf."""
+        if self.item_available is None:
+            return q_rows
+        shown = self.item_available.to(self.device)[self.slates].all(dim=1)  # [A]: every item of the slate is there
+        return q_rows.masked_fill(~shown, float("-inf"))
+
+    def scoring_module(self) -> torch.nn.Module:
+        """The Q table's row of each observation's state (its argmax is the greedy item)."""
+        return TableScores(self.q, self.spec)
 
     def observe(self, transition: Transition) -> None:
         self._pending = transition
@@ -89,8 +102,10 @@ class TabularQAgent(AgentBase):
         if self._pending is None:
             return {}
         t, self._pending = self._pending, None
-        next_state = torch.where(t["done"], torch.full_like(t["action"], self.terminal), self.state(t["next_obs"]))
-        return self.learn(self.state(t["obs"]), t["action"], t["reward"], next_state, t["done"])
+        next_state = self.state(t["next_obs"])
+        next_state = torch.where(t["done"], torch.full_like(next_state, self.terminal), next_state)
+        action = slate_index(t["slate"], self.spec.n_items, check=False)  # with K = 1, the item shown
+        return self.learn(self.state(t["obs"]), action, t["reward"], next_state, t["done"])
 
     def learn(
         self,
@@ -102,7 +117,7 @@ class TabularQAgent(AgentBase):
     ) -> dict[str, torch.Tensor]:
         """The batched update described in the module docstring."""
         q, hp = self.q, self.hp
-        next_value = self.mask_unavailable(q[next_state]).max(dim=1).values
+        next_value = self.in_catalog(q[next_state]).max(dim=1).values
         target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * next_value
         td_error = target - q[state, action]
         flat = state * q.shape[1] + action
@@ -132,3 +147,15 @@ class TabularQAgent(AgentBase):
         self.visits.copy_(state["visits"])
         self.transitions_seen = int(state["transitions_seen"])
         self.generator.set_state(state["generator"])
+
+
+class TableScores(torch.nn.Module):
+    """The servable form of :class:`TabularQAgent`: ``Q[state(obs)]``, [B, N]."""
+
+    def __init__(self, q: torch.Tensor, spec: AgentSpec) -> None:
+        super().__init__()
+        self.register_buffer("q", q.detach().clone())
+        self.spec = spec  # the state index needs its sizes (python ints, constants once traced)
+
+    def forward(self, obs: Observation) -> torch.Tensor:
+        return self.q[tabular_state_index(obs, self.spec)]

@@ -32,11 +32,13 @@ PRIOR_STRENGTH_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0)
 class ClickModel(nn.Module):
     """Logistic click model over item x position x user features x affinity (all additive)."""
 
-    def __init__(self, n_items: int, user_cardinalities: list[int], base_rate: float = 0.005) -> None:
+    def __init__(
+        self, n_items: int, user_cardinalities: list[int], base_rate: float = 0.005, n_positions: int = N_POSITIONS
+    ) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.tensor([math.log(base_rate / (1 - base_rate))], dtype=torch.float64))
         self.item = nn.Parameter(torch.zeros(n_items, dtype=torch.float64))
-        self.position = nn.Parameter(torch.zeros(N_POSITIONS, dtype=torch.float64))
+        self.position = nn.Parameter(torch.zeros(n_positions, dtype=torch.float64))
         self.user = nn.ParameterList(nn.Parameter(torch.zeros(c, dtype=torch.float64)) for c in user_cardinalities)
         self.affinity_weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
 
@@ -158,7 +160,8 @@ def _fit(data: LoggedData, rows: torch.Tensor, l2: float, user_l2_scale: float) 
         cards = []
     target = data.click[rows].double()
     rate = float(target.mean().clamp(1e-4, 1 - 1e-4))
-    model = ClickModel(data.n_items, cards, base_rate=rate)
+    positions = max(N_POSITIONS, int(data.position.max()) + 1)  # served slates may be longer than OBD's three
+    model = ClickModel(data.n_items, cards, base_rate=rate, n_positions=positions)
     affinity = shown_affinity(data)
     inputs = (
         data.user_features[rows],

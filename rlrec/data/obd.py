@@ -47,7 +47,7 @@ class LoggedData:
     user_features: torch.Tensor  # [n, 4] long, dictionary codes of the hashed user features
     affinity: torch.Tensor | None  # [n, N] float16, user-item affinity counts (None if not loaded)
     item_price: torch.Tensor  # [N] float, item_feature_0 (standardised, price-like)
-    item_categories: torch.Tensor  # [N, 3] long, codes of item_feature_1..3
+    item_categories: torch.Tensor  # [N, C] long, item category codes (OBD: item_feature_1..3; served: category, brand)
     user_vocab: list[list[str]] = field(default_factory=list)  # code -> hashed value, per user column
     policy: str = ""
     campaign: str = ""

@@ -4,7 +4,7 @@ Every policy faces the same evaluation users with the same random numbers (the s
 reseeded with ``eval_seed`` before each), so their differences are not noise in who showed
 up. Writes ``eval.json``, ``eval.md``, ``learning_curve.png`` (from the run's TensorBoard
 events) and ``policies.png``. On an enumerable shop it adds V*, the exact value of the
-trained policy and the gap.
+trained policy and the gap (any slate size: the MDP's actions are ordered slates).
 
 The evaluation opens the catalog: items held out in training (``env.holdout_items``) are in
 it, and a "New items" section compares them with the warm ones. With ``shifts`` it also plays
@@ -18,12 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlrec.eval.output import bar_chart, line_chart, markdown_table, mean_ci_cell, write_report
 from rlrec.eval.rollout import ITEM_KIND_METRICS, METRICS, compare_policies, make_baselines
 from rlrec.eval.shifts import check_same_catalog, shop_config
 from rlrec.sim.env import Shop
+from rlrec.sim.tabular import build_tabular_mdp, enumeration_problem, greedy_policy_value
 from rlrec.train.run import catalog_fingerprint, load_run, resolve_checkpoint
 
 
@@ -80,8 +79,8 @@ def evaluate_run(
             },
         }
         report["generalization"]["gaps"] = generalization_gaps(report["policies"], report["generalization"]["shops"])
-    if _enumerable(shop):
-        report["oracle"] = _exact_values(shop, run.agent)
+    if enumeration_problem(shop.cfg) is None:
+        report["oracle"] = exact_values(shop, run.agent)
 
     out.mkdir(parents=True, exist_ok=True)
     write_report(out, report, format_markdown(report))
@@ -120,28 +119,20 @@ def generalization_gaps(
     return gaps
 
 
-def _enumerable(shop: Shop) -> bool:
-    cfg = shop.cfg
-    return (
-        cfg.slate_size == 1
-        and cfg.observe_satisfaction
-        and cfg.preference_noise == 0
-        and cfg.interest_drift == 0
-        and cfg.price_sensitivity_noise == 0
-    )
-
-
-def _exact_values(shop: Shop, agent: Any) -> dict[str, float]:
-    """V* and the exact value of ``agent``'s greedy policy: expected undiscounted session return."""
-    from rlrec.sim.tabular import build_tabular_mdp, evaluate_policy, start_value, state_observations, value_iteration
-
+def exact_values(shop: Shop, agent: Any) -> dict[str, float]:
+    """V* and the exact value of ``agent``'s greedy policy (expected undiscounted session return) on an
+    enumerable shop, with the MDP's size."""
     mdp = build_tabular_mdp(shop)
-    gamma = 1.0
-    _, v_star = value_iteration(mdp, gamma=gamma)
-    actions = torch.cat([agent.act(state_observations(shop)).squeeze(1).cpu(), torch.zeros(1, dtype=torch.long)])
-    optimal = start_value(mdp, v_star)
-    exact = start_value(mdp, evaluate_policy(mdp, actions, gamma=gamma))
-    return {"v_star": optimal, "policy_value": exact, "gap": optimal - exact, "ratio": exact / optimal}
+    exact, optimal = greedy_policy_value(shop, agent, gamma=1.0, mdp=mdp)
+    return {
+        "v_star": optimal,
+        "policy_value": exact,
+        "gap": optimal - exact,
+        "ratio": exact / optimal,
+        "states": mdp.n_states,
+        "slates": mdp.n_actions,
+        "slate_size": mdp.slate_size,
+    }
 
 
 def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -177,7 +168,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         o = report["oracle"]
         lines += [
             "",
-            "## Exact values (tiny shop)",
+            f"## Exact values (enumerable shop: {o['states']} states, {o['slates']} slates of {o['slate_size']})",
             "",
             f"V* = {o['v_star']:.4f}; exact value of the trained policy = {o['policy_value']:.4f}; "
             f"gap = {o['gap']:.4f} ({100 * o['ratio']:.2f}% of optimal).",

@@ -65,6 +65,21 @@ class StepResult(NamedTuple):
     # left [B] bool; final_obs: the observation reached before the reset (for done rows)
 
 
+class UserDraws(NamedTuple):
+    """The random numbers behind n new users (see :class:`~rlrec.sim.users.UserModel`)."""
+
+    feature_uniforms: torch.Tensor  # [n, 3], or [n] with segment_probs
+    preference_noise: torch.Tensor | None  # [n, D] standard normals (None: no preference noise)
+    sensitivity_noise: torch.Tensor | None  # [n] standard normals (None: no price-sensitivity noise)
+
+
+class StepDraws(NamedTuple):
+    """Every random number of one sync-free step (:meth:`Shop.step_from`)."""
+
+    uniforms: torch.Tensor  # [B, 5]: choice, purchase, rating, ignore penalty, leaving
+    users: UserDraws  # a fresh user for every row; the rows that finish take theirs
+
+
 class Shop:
     """A batched e-commerce simulator.
 
@@ -82,6 +97,11 @@ class Shop:
 
     def __init__(self, cfg: Any = None, **overrides: Any) -> None:
         self.cfg: EnvConfig = env_config_from(cfg, **overrides)
+        if self.cfg.logs == "served":
+            raise ConfigError(
+                "env=served is a service's decision log, not a shop to run: evaluate policies on it with "
+                "python evaluate.py env=served env.logs_path=<store> run_dir=<run>."
+            )
         self.device = resolve_device(self.cfg.device)
         cfg = self.cfg
         # The catalog and user model come from a CPU generator so that one seed means one
@@ -121,9 +141,18 @@ class Shop:
 
     # ---------------------------------------------------------------- sessions
     def _new_users(self, n: int) -> ShopState:
+        return self._users_from(self._draw_users(n))
+
+    def _draw_users(self, n: int) -> UserDraws:
+        """The random numbers behind ``n`` new users, from the shop's generator."""
+        return UserDraws(self.users.feature_uniforms(n, self.generator), *self.users.trait_noise(n, self.generator))
+
+    def _users_from(self, draws: UserDraws) -> ShopState:
+        """Fresh sessions of the users that ``draws`` describe (no randomness of its own)."""
         cfg, dev = self.cfg, self.device
-        features = self.users.sample_features(n, self.generator)
-        preference, sensitivity = self.users.traits(features, self.generator)
+        features = self.users.features_from(draws.feature_uniforms)
+        preference, sensitivity = self.users.traits_from(features, draws.preference_noise, draws.sensitivity_noise)
+        n = features.shape[0]
         return ShopState(
             user_features=features,
             interest=preference,
@@ -139,7 +168,8 @@ class Shop:
 
         Users are drawn only for the finished rows (about B / mean session length per step):
         drawing B users and selecting with ``torch.where`` costs 3x more randomness. The
-        price is one host sync per step on CUDA (``nonzero``).
+        price is one host sync per step on CUDA (``nonzero``); :meth:`step_from` is the
+        sync-free twin.
         """
         finished = done.nonzero().squeeze(-1)
         fresh = self._new_users(finished.numel())
@@ -215,7 +245,7 @@ class Shop:
         return obs
 
     # ---------------------------------------------------------------- stepping
-    def _check_slate(self, slate: torch.Tensor) -> torch.Tensor:
+    def _check_slate(self, slate: torch.Tensor, check_ids: bool) -> torch.Tensor:
         b, k = self.num_users, self.slate_size
         if not isinstance(slate, torch.Tensor):
             slate = torch.as_tensor(slate, device=self.device)
@@ -229,7 +259,7 @@ class Shop:
             raise TypeError(f"slate has dtype {slate.dtype}; it must hold integer item ids (torch.long).")
         if slate.device != self.device:
             slate = slate.to(self.device)
-        if self.cfg.check_actions:
+        if check_ids:
             low, high = int(slate.min()), int(slate.max())
             if low < 0 or high >= self.n_items:
                 bad = low if low < 0 else high
@@ -248,9 +278,13 @@ class Shop:
                     )
         return slate.long()
 
-    def step(self, slate: torch.Tensor) -> StepResult:
-        """Show ``slate`` [B, K] (long item ids) to every user; sample and return the responses."""
-        slate = self._check_slate(slate)
+    def step(self, slate: torch.Tensor, check: bool | None = None) -> StepResult:
+        """Show ``slate`` [B, K] (long item ids) to every user; sample and return the responses.
+
+        ``check``: validate the item ids (one host sync); None follows ``env.check_actions``. The
+        trainer passes False for its agent's slates, which are ids it drew from the catalog.
+        """
+        slate = self._check_slate(slate, self.cfg.check_actions if check is None else check)
         # One uniform per random decision: choice, purchase, rating, ignore penalty, leaving.
         uniforms = torch.rand(slate.shape[0], 5, generator=self.generator, device=self.device)
         reached, reward, done, info = self._run_dynamics(slate, uniforms)
@@ -273,6 +307,36 @@ class Shop:
                     f"needs a working C++ compiler; set env.compile=false to run eagerly."
                 ) from err
             raise
+
+    # ---------------------------------------------------------------- the sync-free step
+    def draw_step(self) -> StepDraws:
+        """Every random number that :meth:`step_from` uses, from the shop's generator: the step's
+        uniforms (as :meth:`step` draws them), then a fresh user for every row."""
+        uniforms = torch.rand(self.num_users, 5, generator=self.generator, device=self.device)
+        return StepDraws(uniforms, self._draw_users(self.num_users))
+
+    def step_from(self, state: ShopState, slate: torch.Tensor, draws: StepDraws) -> tuple[ShopState, StepResult]:
+        """:meth:`step` from ``state`` with its random numbers given, and without host synchronisation.
+
+        Returns the next state (``self.state`` and the generator are left alone) and the step's
+        result. Finished rows take the fresh user drawn for their row (``torch.where`` over a full
+        batch) where :meth:`step` draws users for the finished rows only, which needs their count
+        (``nonzero``, a host sync): the same distribution, other random numbers. ``slate`` must
+        hold valid item ids (it is not checked). The compiled training step
+        (:mod:`rlrec.train.compiled`) runs it inside its graph.
+        """
+        reached, reward, done, info = dynamics(self.cfg, self.catalog, self._slot_bias, state, slate, draws.uniforms)
+        fresh = self._users_from(draws.users)
+        next_state = ShopState(
+            **{
+                f.name: torch.where(
+                    rows_mask(done, getattr(reached, f.name)), getattr(fresh, f.name), getattr(reached, f.name)
+                )
+                for f in fields(reached)
+            }
+        )
+        info["final_obs"] = self.observation(reached)
+        return next_state, StepResult(self.observation(next_state), reward, done, info)
 
     # ---------------------------------------------------------------- privileged views
     def expected_item_reward(self, items: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
@@ -376,6 +440,11 @@ def expected_reward(
     return response.reward(click, buy, buy * mean_rating, catalog.price[items], cfg)
 
 
+def rows_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` [B] viewed as [B, 1, ...] to broadcast against ``like`` [B, ...]."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
 def sample_categorical(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """[B] index drawn from each row of ``probs`` [B, C] by inverting its CDF at ``uniform`` [B]."""
     if torch.compiler.is_compiling():
@@ -398,15 +467,26 @@ def random_slates(b: int, n: int, k: int, generator: torch.Generator) -> torch.T
     """
     if k > n:
         raise ConfigError(f"slate_size = {k} is larger than the catalog (n_items = {n}).")
+    return slates_from_uniforms(n, *random_slate_uniforms(b, k, generator))
+
+
+def random_slate_uniforms(b: int, k: int, generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The uniforms behind :func:`random_slates`: one [b] per slot (Floyd's picks), then [b, k] (the shuffle)."""
     device = generator.device
-    chosen = torch.empty(b, k, dtype=torch.long, device=device)
+    picks = [torch.rand(b, generator=generator, device=device) for _ in range(k)]
+    return picks, torch.rand(b, k, generator=generator, device=device)
+
+
+def slates_from_uniforms(n: int, picks: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
+    """[b, k] random slates from :func:`random_slate_uniforms`' numbers (no randomness of its own)."""
+    b, k = order.shape
+    chosen = torch.empty(b, k, dtype=torch.long, device=order.device)
     for j, top in enumerate(range(n - k, n)):
-        pick = (torch.rand(b, generator=generator, device=device) * (top + 1)).long().clamp_max(top)
+        pick = (picks[j] * (top + 1)).long().clamp_max(top)
         taken = (chosen[:, :j] == pick.unsqueeze(-1)).any(-1)
         chosen[:, j] = torch.where(taken, torch.full_like(pick, top), pick)
     # Floyd's order is biased (the last slot is often the largest id); shuffle slots per row.
-    order = torch.rand(b, k, generator=generator, device=device).argsort(dim=-1)
-    return chosen.gather(1, order)
+    return chosen.gather(1, order.argsort(dim=-1))
 
 
 def available_random_slates(

@@ -46,14 +46,20 @@ class UserModel:
 
     def sample_features(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """[n, 3] long: uniform age band, gender and region, or segments drawn from ``segment_probs``."""
-        device = self.age_effect.device
+        return self.features_from(self.feature_uniforms(n, generator))
+
+    def feature_uniforms(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The uniforms behind ``n`` users' features: [n] (a segment each) with ``segment_probs``, else [n, 3]."""
+        shape = (n,) if self.segment_probs is not None else (n, 3)
+        return torch.rand(shape, generator=generator, device=self.age_effect.device)
+
+    def features_from(self, u: torch.Tensor) -> torch.Tensor:
+        """[n, 3] long features from :meth:`feature_uniforms` (no randomness of its own)."""
         if self.segment_probs is not None:  # inverse CDF, as sample_categorical, with one shared CDF
             cdf = self.segment_probs.cumsum(0)
-            u = torch.rand(n, generator=generator, device=device)
             segment = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.numel() - 1)
             return self.segment_features()[segment]
-        sizes = torch.tensor(self.feature_sizes, device=device, dtype=torch.float32)
-        u = torch.rand(n, 3, generator=generator, device=device)
+        sizes = torch.tensor(self.feature_sizes, device=u.device, dtype=torch.float32)
         features = (u * sizes).long()
         if self.age_probs is not None:  # the same uniform, through the tilted age distribution's inverse CDF
             cdf = self.age_probs.cumsum(0)
@@ -65,15 +71,31 @@ class UserModel:
 
         With ``generator=None`` the noise is left out: the traits of the segment itself.
         """
+        noise = self.trait_noise(features.shape[0], generator) if generator is not None else (None, None)
+        return self.traits_from(features, *noise)
+
+    def trait_noise(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The standard normals behind ``n`` users' traits: preference noise [n, D] and price-sensitivity
+        noise [n], each None when its noise scale is 0 (nothing is drawn then)."""
+        device, d = self.age_effect.device, self.age_effect.shape[-1]
+        preference = torch.randn(n, d, generator=generator, device=device) if self.preference_noise > 0 else None
+        sensitivity = torch.randn(n, generator=generator, device=device) if self.price_sensitivity_noise > 0 else None
+        return preference, sensitivity
+
+    def traits_from(
+        self,
+        features: torch.Tensor,
+        preference_noise: torch.Tensor | None = None,
+        sensitivity_noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`traits` with its noise given (from :meth:`trait_noise`; None leaves that noise out)."""
         age, gender, region = features.unbind(-1)
         mean = rows(self.age_effect, age) + rows(self.gender_effect, gender) + rows(self.region_effect, region)
         sensitivity = rows(self.age_price_sensitivity, age)
-        if generator is not None and self.preference_noise > 0:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device) / mean.shape[-1] ** 0.5
-            mean = mean + self.preference_noise * noise
-        if generator is not None and self.price_sensitivity_noise > 0:
-            noise = torch.randn(sensitivity.shape, generator=generator, device=sensitivity.device)
-            sensitivity = sensitivity * (self.price_sensitivity_noise * noise).exp()
+        if preference_noise is not None:
+            mean = mean + self.preference_noise * (preference_noise / mean.shape[-1] ** 0.5)
+        if sensitivity_noise is not None:
+            sensitivity = sensitivity * (self.price_sensitivity_noise * sensitivity_noise).exp()
         return torch.nn.functional.normalize(mean, dim=-1), sensitivity
 
     def segment_features(self) -> torch.Tensor:

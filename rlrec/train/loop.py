@@ -28,6 +28,8 @@ from rlrec.config import LoggerConfig, TrainerConfig, build_config, env_config_f
 from rlrec.eval.rollout import METRICS, compare_policies, make_baselines, run_sessions
 from rlrec.eval.shifts import check_same_catalog, shop_config
 from rlrec.sim.env import Shop
+from rlrec.train.compiled import TrainStep
+from rlrec.train.distributed import World, init_world, wrap_agent
 from rlrec.train.run import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -63,14 +65,15 @@ def train_steps(
 
     ``on_step(step, metrics, result)`` is called after each step (logging, checkpoints).
     The shop is not reset: a second call continues the same sessions. The agent recommends
-    from the shop's catalog (``shop.item_available``).
+    from the shop's catalog (``shop.item_available``); its slates are not checked
+    (``env.check_actions``): they are ids it drew from the catalog.
     """
     if hasattr(agent, "use_catalog"):
         agent.use_catalog(shop.item_available)
     obs = shop.observation()
     for step in range(start, env_steps):
         slate = agent.act(obs, explore=True)
-        result = shop.step(slate)
+        result = shop.step(slate, check=False)
         agent.observe(make_transition(obs, slate, result))
         metrics = agent.update()
         if on_step is not None:
@@ -110,10 +113,12 @@ class EpisodeTracker:
         self.ret *= keep
         self.length *= keep
 
-    def flush(self) -> dict[str, float]:
-        n, ret, length, clicks, purchases = self.sums.tolist()
-        rating_sum, rated = self.rating.tolist()
-        steps = float(self.steps)
+    def flush(self, world: World | None = None) -> dict[str, float]:
+        """The summary since the last flush (one host sync), over all ranks of ``world`` when given."""
+        totals = torch.cat([self.sums, self.rating, self.steps.view(1)])
+        if world is not None:
+            world.sum_(totals)
+        n, ret, length, clicks, purchases, rating_sum, rated, steps = totals.tolist()
         out = {"ctr": clicks / max(steps, 1), "purchase_rate": purchases / max(steps, 1)}
         if n > 0:
             out.update({"episodic_return": ret / n, "episode_length": length / n})
@@ -149,21 +154,32 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train the configured agent on the configured shop; return the final evaluation's mean session return.
 
     Every setting is checked, the shop and the agent are built and a resume is checked before
-    anything is written into ``run_dir``.
+    anything is written into ``run_dir``. With ``trainer.distributed`` this runs on every rank
+    (:mod:`rlrec.train.distributed`); the ranks other than 0 return NaN.
     """
+    tcfg: TrainerConfig = build_config(TrainerConfig, cfg.trainer, "trainer")
+    world = init_world(tcfg.distributed, env_config_from(cfg.env).device)
+    try:
+        return _train(cfg, run_dir, world)
+    finally:
+        world.close()
+
+
+def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
+    run_dir = Path(world.broadcast(str(run_dir) if run_dir is not None else str(Path.cwd())))
     require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     tcfg: TrainerConfig = build_config(TrainerConfig, cfg.trainer, "trainer")
     lcfg: LoggerConfig = build_config(LoggerConfig, cfg.logger, "logger")
-    env_cfg = env_config_from(cfg.env)
+    env_cfg = env_config_from(cfg.env, **({"device": str(world.device)} if world.device is not None else {}))
     seed = int(cfg.seed)
     shop = Shop(env_cfg)
-    shop.reset(seed=seed)
-    agent = build_agent(cfg.agent, AgentSpec.from_shop(shop), seed=seed, device=str(shop.device))
+    shop.reset(seed=world.seed(seed))
+    agent = build_agent(cfg.agent, AgentSpec.from_shop(shop), seed=world.seed(seed), device=str(shop.device))
     b = shop.num_users
+    users = b * world.size  # users served per environment step, over all ranks (SPS and TensorBoard steps)
     val_shop = None
     if tcfg.val_every:  # same catalog, other users (or a shifted shop); built now, so that a bad one fails first
         val_shop = Shop(shop_config(env_cfg, tcfg.val_shop, tcfg.val_user_seed), num_users=tcfg.val_users)
@@ -179,34 +195,41 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         resume_from = resume_from / CHECKPOINT_NAME if resume_from.is_dir() else resume_from
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
-        changes = saved.get("config_changes", []) + check_resume(saved, cfg, resume_from)
+        changes = saved.get("config_changes", []) + check_resume(saved, cfg, resume_from, world.size)
         check_catalog(saved, shop, resume_from)
         best.update(saved.get("validation") or {})
-        agent.load_state_dict(move_to(saved["agent"], shop.device))
-        restore_shop_state(shop, saved["shop"])
+        mine = saved if world.rank == 0 else saved["ranks"][world.rank - 1]  # rank r's sessions and replay
+        agent.load_state_dict(move_to(mine["agent"], shop.device))
+        restore_shop_state(shop, mine["shop"])
         start = int(saved["env_step"])
+    wrap_agent(agent, world)
+    tracker = EpisodeTracker(b, shop.device)
+    step_fn = TrainStep(shop, agent, tracker, mode=tcfg.compile_mode) if tcfg.compile else None
 
-    # The run is accepted: from here on the run directory is written.
-    _save_run_config(run_dir, cfg)
-    for orphan in remove_orphan_temp_files(run_dir):
-        log.info("removed %s, left by a checkpoint write that was interrupted", orphan.name)
+    # The run is accepted: from here on the run directory is written (by rank 0 alone).
+    if world.is_main:
+        _save_run_config(run_dir, cfg)
+        for orphan in remove_orphan_temp_files(run_dir):
+            log.info("removed %s, left by a checkpoint write that was interrupted", orphan.name)
     name = agent_name(str(cfg.agent._target_))
     log.info(
-        "training %s on %d users x %d steps (%s)%s",
+        "training %s on %d users x %d steps (%s%s%s)%s",
         name,
-        b,
+        users,
         tcfg.env_steps,
         shop.device,
+        f", {world.size} ranks of {b} users" if world.size > 1 else "",
+        ", compiled step" if step_fn is not None else "",
         f", resumed from {resume_from} at step {start}" if resume_from is not None else "",
     )
     if resume_from is not None and changes:
         log.info("config changes accepted on resume: %s", "; ".join(changes))
     writer = None
-    if lcfg.tensorboard:  # TensorBoard's step is the user-step everywhere: env steps x users
+    if lcfg.tensorboard and world.is_main:  # TensorBoard's step is the user-step everywhere: env steps x users
         # purge what a killed run logged after its last checkpoint (that stretch is replayed)
-        writer = SummaryWriter(str(run_dir / lcfg.log_dir), purge_step=start * b + 1 if start else None)
-    tracker = EpisodeTracker(b, shop.device)
-    bar = tqdm(total=tcfg.env_steps, initial=start, disable=not tcfg.progress, unit="step", dynamic_ncols=True)
+        writer = SummaryWriter(str(run_dir / lcfg.log_dir), purge_step=start * users + 1 if start else None)
+    progress = tcfg.progress and world.is_main
+    bar = tqdm(total=tcfg.env_steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
     last = {"time": time.perf_counter(), "step": start, "checkpoint": start if resume_from is not None else None}
 
     def diverged(what: str) -> TrainingDiverged:
@@ -221,16 +244,23 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
             "env.w_* reward weights."
         )
 
-    def run_state(step_done: int) -> dict[str, Any]:
+    def run_state(step_done: int) -> dict[str, Any] | None:
+        """The checkpoint of the run after ``step_done`` env steps (every rank takes part); None off rank 0."""
         state = agent.state_dict()
-        if not _all_finite(state):
+        if not world.all_true(_all_finite(state)):
             raise diverged(f"by env step {step_done}: the agent's parameters hold NaN or infinite values")
+        # Every rank's sessions and replay, gathered into rank 0's file (through the CPU).
+        ranks = world.gather(move_to({"agent": state, "shop": shop_state(shop)}, "cpu")) if world.size > 1 else []
+        if not world.is_main:
+            return None
         return {
             "format": FORMAT,
             "env_step": step_done,
             "num_users": b,
+            "world_size": world.size,
             "agent": state,
             "shop": shop_state(shop),
+            **({"ranks": ranks[1:]} if world.size > 1 else {}),
             "agent_target": str(cfg.agent._target_),
             "env_fingerprint": env_fingerprint(env_cfg),
             "catalog_fingerprint": catalog_fingerprint(shop),
@@ -240,7 +270,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         }
 
     def checkpoint(step_done: int) -> None:
-        save_checkpoint(ckpt_path, run_state(step_done))
+        state = run_state(step_done)
+        if state is not None:
+            save_checkpoint(ckpt_path, state)
         last["checkpoint"] = step_done
 
     def validate(step_done: int) -> None:
@@ -251,28 +283,33 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         if exploration is not None:  # validating must not change what training does next
             agent.generator.set_state(exploration)
         if writer is not None:
-            writer.add_scalar("eval/val_return", value, step_done * b)
-        if value > best["return"]:
+            writer.add_scalar("eval/val_return", value, step_done * users)
+        if value > best["return"]:  # every rank validates the same parameters on the same users: they agree
             best.update({"return": value, "step": step_done})
-            save_checkpoint(run_dir / BEST_NAME, run_state(step_done))
+            state = run_state(step_done)
+            if state is not None:
+                save_checkpoint(run_dir / BEST_NAME, state)
 
     def on_step(step: int, metrics: dict[str, torch.Tensor], result: Any) -> None:
-        tracker.add(result)
+        if result is not None:  # (the compiled step feeds the tracker inside its graph)
+            tracker.add(result)
         done_steps = step + 1
         if done_steps % tcfg.log_every == 0 or done_steps == tcfg.env_steps:
             now = time.perf_counter()
-            scalars = {f"charts/{key}": value for key, value in tracker.flush().items()}
-            scalars["charts/SPS"] = b * (done_steps - last["step"]) / max(now - last["time"], 1e-9)
+            scalars = {f"charts/{key}": value for key, value in tracker.flush(world).items()}
+            scalars["charts/SPS"] = users * (done_steps - last["step"]) / max(now - last["time"], 1e-9)
             last.update(time=now, step=done_steps)
             if hasattr(agent, "epsilon"):
                 scalars["charts/epsilon"] = float(agent.epsilon)
-            for key, value in metrics.items():
-                scalars[f"losses/{key}"] = float(value)
-                if not math.isfinite(scalars[f"losses/{key}"]):
-                    raise diverged(f"at env step {done_steps}: losses/{key} = {scalars[f'losses/{key}']}")
+            if metrics:  # averaged over the ranks, so that every rank sees a divergence at once
+                losses = world.sum_(torch.stack([value.detach().float() for value in metrics.values()])) / world.size
+                for key, value in zip(metrics, losses.tolist()):
+                    scalars[f"losses/{key}"] = value
+                    if not math.isfinite(value):
+                        raise diverged(f"at env step {done_steps}: losses/{key} = {value}")
             if writer is not None:
                 for key, value in scalars.items():
-                    writer.add_scalar(key, value, done_steps * b)
+                    writer.add_scalar(key, value, done_steps * users)
             bar.set_postfix(
                 SPS=f"{scalars['charts/SPS']:,.0f}", ret=f"{scalars.get('charts/episodic_return', float('nan')):.2f}"
             )
@@ -283,13 +320,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
             checkpoint(done_steps)
 
     try:
-        train_steps(shop, agent, tcfg.env_steps, on_step=on_step, start=start)
+        if step_fn is not None:
+            step_fn.run(tcfg.env_steps, on_step=on_step, start=start)
+        else:
+            train_steps(shop, agent, tcfg.env_steps, on_step=on_step, start=start)
         bar.close()
         checkpoint(tcfg.env_steps)
     finally:
         bar.close()
         if writer is not None:
             writer.flush()
+    if not world.is_main:
+        return float("nan")
 
     eval_shop = Shop(env_cfg, num_users=tcfg.eval_users).open_catalog()
     policies = {"trained": agent, **make_baselines(tcfg.eval_baselines, eval_shop, seed)}
@@ -297,10 +339,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     summary = results["trained"]
     if writer is not None:
         for key, stat in summary.items():
-            writer.add_scalar(f"eval/{key}", stat["mean"], tcfg.env_steps * b)
+            writer.add_scalar(f"eval/{key}", stat["mean"], tcfg.env_steps * users)
         for baseline in tcfg.eval_baselines:
             writer.add_scalar(
-                f"eval/{baseline}/episodic_return", results[baseline]["episodic_return"]["mean"], tcfg.env_steps * b
+                f"eval/{baseline}/episodic_return", results[baseline]["episodic_return"]["mean"], tcfg.env_steps * users
             )
         hparams = {
             k: v

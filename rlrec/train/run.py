@@ -39,6 +39,9 @@ RUNTIME_KEYS = {
     "trainer.val_users",
     "trainer.val_seed",
     "trainer.val_shop",
+    "trainer.compile",
+    "trainer.compile_mode",
+    "trainer.distributed",
     "env.check_actions",
     "env.compile",
     "logger.tensorboard",
@@ -181,11 +184,20 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     return out
 
 
-def check_resume(saved: dict[str, Any], cfg: DictConfig, path: Path) -> list[str]:
-    """Refuse to resume from ``saved`` (read from ``path``) unless ``cfg`` continues the same run.
+def check_resume(saved: dict[str, Any], cfg: DictConfig, path: Path, world_size: int = 1) -> list[str]:
+    """Refuse to resume from ``saved`` (read from ``path``) unless ``cfg`` continues the same run
+    with the same number of ranks (``world_size``, see :mod:`rlrec.train.distributed`).
 
     Returns the accepted config changes (non-empty only with ``trainer.allow_config_change``).
     """
+    ranks = int(saved.get("world_size", 1))
+    if ranks != world_size:
+        how = f"torchrun --nproc_per_node={ranks} train.py trainer.distributed=true" if ranks > 1 else "one process"
+        raise CheckpointError(
+            f"checkpoint {path} was written by {ranks} rank(s) and this run has {world_size}: each rank's "
+            f"sessions and replay are in it, so resume with {ranks} ({how}), or set trainer.resume=never "
+            "to start afresh."
+        )
     current = OmegaConf.to_container(cfg, resolve=True)
     changes = config_differences(saved["config"], current)
     if changes and not cfg.trainer.allow_config_change:
