@@ -7,6 +7,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ from rlrec.eval.shifts import check_same_catalog, shift_names, shift_overrides, 
 from rlrec.sim.catalog import make_arrivals
 from rlrec.sim.env import Shop
 from rlrec.sim.privileged import YARDSTICKS, Yardstick
+from rlrec.train.compiled import TrainStep
+from rlrec.train.distributed import wrap_agent
 from rlrec.train.loop import train_steps
 from rlrec.train.run import catalog_fingerprint
 
@@ -255,6 +258,24 @@ def test_bad_new_item_and_content_settings(overrides, message):
 def _holdout_shop(**overrides):
     cfg = dict(device="cpu", num_users=32, n_items=80, content_dim=8, holdout_items=0.25) | overrides
     return Shop(env_preset("default", **cfg))
+
+
+def test_the_compiled_and_distributed_trainers_take_content_and_refuse_a_changing_catalog():
+    """Content is a fixed input: the launch-free step trains with it. A catalog that changes (held-out
+    items, their ids unknown), and dropout (drawn from a generator no graph can hold), are refused
+    with one error naming the setting."""
+    small = dict(device="cpu", embed_dim=8, hidden_dim=16, buffer_size=64, batch_size=8, learning_starts=32)
+    shop = _holdout_shop(holdout_items=0.0)
+    agent = DQNAgent(AgentSpec.from_shop(shop), **small)
+    before = agent.q.items.content.weight.clone()
+    TrainStep(shop, agent, compile=False).run(4)
+    assert agent.updates == 4 and not torch.equal(agent.q.items.content.weight, before)  # content's projection learns
+    with pytest.raises(ConfigError, match=r"trainer.compile = true runs on a fixed catalog.*env.holdout_items = 0.25"):
+        TrainStep(_holdout_shop(), DQNAgent(AgentSpec.from_shop(_holdout_shop()), **small), compile=False)
+    with pytest.raises(ConfigError, match=r"does not take dropout \(agent.dropout = 0.1"):
+        TrainStep(shop, DQNAgent(AgentSpec.from_shop(shop), dropout=0.1, **small), compile=False)
+    with pytest.raises(ConfigError, match=r"trainer.distributed = true trains on a fixed catalog.*env.holdout_items"):
+        wrap_agent(DQNAgent(AgentSpec.from_shop(_holdout_shop()), **small), SimpleNamespace(group=object()))
 
 
 @pytest.mark.parametrize("make", [RandomAgent, PopularAgent, BanditAgent, DQNAgent], ids=lambda c: c.__name__)
