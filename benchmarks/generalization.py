@@ -41,6 +41,8 @@ import json
 import time
 from typing import Any
 
+import yaml
+
 from benchmarks.learning import _parse_overrides
 from rlrec.agents import AGENTS, agent_class, build_agent
 from rlrec.agents.base import AgentSpec
@@ -58,12 +60,20 @@ ARMS = {"content": {}, "id_only": {"content_dim": 0}, "noisy_content": {"content
 CATALOGS = ("training catalog", "open catalog", "new items only")
 
 
-def training_env(arm: str, content_dim: int, content_noise: float | None, holdout_items: float, device: str) -> Any:
-    """The env config an arm trains in: the default shop (catalog seed 0) with content and new items."""
+def training_env(
+    arm: str,
+    content_dim: int,
+    content_noise: float | None,
+    holdout_items: float,
+    device: str,
+    env_overrides: dict[str, Any] | None = None,
+) -> Any:
+    """The env config an arm trains in: the default shop (catalog seed 0) with content and new items
+    (and ``env_overrides``, the same for every arm)."""
     fields = {"content_dim": content_dim, "holdout_items": holdout_items, "device": device, "seed": 0}
     if content_noise is not None:
         fields["content_noise"] = content_noise
-    return env_preset("default", **{**fields, **ARMS[arm]})
+    return env_preset("default", **{**(env_overrides or {}), **fields, **ARMS[arm]})
 
 
 def evaluation_shops(env: Any, eval_users: int) -> dict[str, Shop]:
@@ -100,6 +110,7 @@ def run(
     holdout_items: float = 0.2,
     overrides: dict[str, dict[str, Any]] | None = None,
     quiet: bool = False,
+    env_overrides: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every agent in every arm for ``seeds`` seeds; return ``{agent: {arm: results}}`` (module docstring)."""
     overrides = overrides or {}
@@ -107,7 +118,7 @@ def run(
     for name in agents:
         results[name] = {}
         for arm in arms:
-            env = training_env(arm, content_dim, content_noise, holdout_items, device)
+            env = training_env(arm, content_dim, content_noise, holdout_items, device, env_overrides)
             stats: dict[str, list[SessionStats]] = {}
             wall = 0.0
             for seed in range(seeds):
@@ -231,11 +242,24 @@ def main() -> None:
         metavar="AGENT.KEY=VALUE",
         help="hyperparameter overrides, e.g. --set dqn.id_dropout=0.5 dqn.weight_decay=1e-4",
     )
+    parser.add_argument(
+        "--env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="changes to the default shop for every arm, e.g. --env hype_quality_corr=0",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="bench_generalization.json")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.eval_users = 1500, 1024
+    env_overrides = {}
+    for item in args.env:
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise SystemExit(f"error: --env {item!r}: expected <env field>=<value>, e.g. hype_quality_corr=0")
+        env_overrides[key] = yaml.safe_load(value)
     for name in args.agents:
         if name not in AGENTS or not agent_class(name).learns:
             learners = [n for n in AGENTS if agent_class(n).learns]
@@ -243,7 +267,8 @@ def main() -> None:
                 f"error: --agents {name!r} is not a learning agent of the registry; choose from {learners}"
             )
     print(
-        f"default shop with content_dim={args.content_dim}, holdout_items={args.holdout_items}; {args.seeds} seeds, "
+        f"default shop{''.join(f' {k}={v}' for k, v in env_overrides.items())} with content_dim={args.content_dim}, "
+        f"holdout_items={args.holdout_items}; {args.seeds} seeds, "
         f"{args.steps} steps x {args.train_users} users of training, {args.eval_users} evaluation sessions per seed"
     )
     results = run(
@@ -258,8 +283,9 @@ def main() -> None:
         content_noise=args.content_noise,
         holdout_items=args.holdout_items,
         overrides=_parse_overrides(args.set),
+        env_overrides=env_overrides,
     )
-    env = training_env("content", args.content_dim, args.content_noise, args.holdout_items, args.device)
+    env = training_env("content", args.content_dim, args.content_noise, args.holdout_items, args.device, env_overrides)
     yardsticks = run_yardsticks(tuple(args.yardsticks), env, args.eval_users)
     print(format_tables(results, yardsticks))
     with open(args.out, "w") as f:

@@ -149,3 +149,26 @@ def test_bad_generalisation_settings_give_one_clear_error_and_write_nothing(tmp_
     with ThreadPoolExecutor(max_workers=4) as pool:
         failures = [f"{s} {a}: {p}" for s, a, p in pool.map(attempt, BAD) if p]
     assert not failures, "\n".join(failures)
+
+
+def test_the_generalisation_benchmark_runs_every_arm_in_every_shop():
+    """benchmarks/generalization.py at a toy size: every arm is judged in the same shops, the shop
+    changes of --env reach every arm, and the tables hold a row per agent arm and yardstick."""
+    from benchmarks.generalization import CATALOGS, format_tables, run, run_yardsticks, training_env
+
+    small = {"dqn": {"embed_dim": 8, "hidden_dim": 16, "buffer_size": 64, "batch_size": 8, "learning_starts": 16}}
+    results = run(
+        ("dqn",), ("content", "id_only"), 1, 3, 16, 32, "cpu", content_dim=4, overrides=small, quiet=True,
+        env_overrides={"hype_quality_corr": 0.0},
+    )  # fmt: skip
+    shops = [*CATALOGS, "heldout_users", "shift_hype", "shift_mix", "shift_price"]
+    for arm in ("content", "id_only"):
+        assert list(results["dqn"][arm]["shops"]) == shops
+        assert results["dqn"][arm]["shops"]["new items only"]["new_item_share"]["mean"] == 1.0  # every slate: new items
+    env = training_env("id_only", 4, None, 0.2, "cpu", {"hype_quality_corr": 0.0})
+    assert env.hype_quality_corr == 0.0 and env.content_dim == 0 and env.holdout_items == 0.2
+    yardsticks = run_yardsticks(("quality_aware",), env, 32)
+    assert list(yardsticks["quality_aware"]) == shops
+    tables = format_tables(results, yardsticks)
+    assert "| quality_aware | (privileged) |" in tables and "| dqn | id_only |" in tables
+    assert "share of the quality_aware yardstick" in tables
