@@ -1,7 +1,9 @@
 """Evaluate policies: ``python evaluate.py run_dir=<run>`` (simulator), ``env=obd`` or ``env=served`` (logs).
 
 By default it replays a trained run and the baselines on the same simulated users
-(rlrec/eval/sim_report.py). ``env=obd`` trains nothing: it estimates each policy's click rate
+(rlrec/eval/sim_report.py); ``shifts=[heldout_users,shift_mix,...]`` adds other customers and
+shifted shops with the gap to the training shop (rlrec/eval/shifts.py).
+``env=obd`` trains nothing: it estimates each policy's click rate
 from the Open Bandit Dataset's logs with IPS, SNIPS, DM and DR (rlrec/eval/logged_report.py).
 ``env=served env.logs_path=<store>`` does the same from the decision log of rlrec's own
 service (rlrec/eval/served_report.py). All write eval.json, eval.md and policies.png (into the
@@ -51,6 +53,11 @@ def main(cfg: DictConfig) -> float:
         ecfg = build_config(EvaluateConfig, cfg, "")
         env = env_config_from(cfg.env) if cfg.get("env") is not None else None
         if env is not None and env.logs in ("obd", "served"):
+            if ecfg.shifts:
+                raise ConfigError(
+                    f"shifts = {list(ecfg.shifts)} applies to a run evaluated in the simulator, not to "
+                    f"policies on logged data: drop env={env.logs} or shifts."
+                )
             return evaluate_logged(env, ecfg)
         if env is not None:
             raise ConfigError(
@@ -67,6 +74,8 @@ def main(cfg: DictConfig) -> float:
             out_dir=ecfg.out_dir,
             device=ecfg.device,
             baselines=tuple(ecfg.baselines),
+            shifts=tuple(ecfg.shifts),
+            heldout_user_seed=ecfg.heldout_user_seed,
         )
         print(format_markdown(report))
         first = next(iter(report["policies"].values()))

@@ -208,10 +208,38 @@ class EnvConfig:
     # hype = -corr * standardised quality + noise: hyped items tend to be worse
     hype_quality_corr: float = probability(0.7)
 
+    # --- item content (see rlrec/sim/catalog.py make_content, rlrec/data/content.py) ---
+    # Content vectors, what an image or text encoder would give: d floats per item, seen by the
+    # agent. 0: no content (the default shop). Synthetic content is a noisy random projection
+    # of the item's hidden fit vector and quality, drawn from a generator of its own (the
+    # catalog, users and responses stay those of the same shop without content).
+    content_dim: int = param(0, ge=0)
+    # Noise std per content coordinate, the signal's being about 1: the informativeness knob
+    # (1: informative, not the truth; 30 and more: noise).
+    content_noise: float = param(1.0, ge=0)
+    content_path: Optional[str] = None  # a real catalog's content: .npy or .safetensors, shape [n_items, content_dim]
+    content_sha256: Optional[str] = None  # the file's expected sha256 (hex); None: not checked
+
+    # --- new items -------------------------------------------------------------------
+    # Share of the catalog that is not in it when the shop starts ("new items", chosen at
+    # random from a generator of their own): agents cannot show them until they arrive, and
+    # an evaluation opens the whole catalog (held-out items never shown in training).
+    holdout_items: float = probability(0.0)
+    # New items arriving per environment step, in a fixed random order, until none are left;
+    # 0: they arrive only when an evaluation opens the catalog.
+    new_item_rate: float = param(0.0, ge=0)
+
     # --- users ---------------------------------------------------------------------
     n_age_bands: int = param(6, ge=1)
     n_genders: int = param(3, ge=1)
     n_regions: int = param(8, ge=1)
+    # Another population of customers for the same catalog: None draws the user model (how
+    # features map to preference) after the catalog from `seed`; an integer draws it from
+    # its own generator (evaluate.py's held-out users).
+    user_seed: Optional[int] = param(None, ge=0)
+    # Arrival mix of age bands (the preference mix): 0 uniform; a > 0 makes band b arrive with
+    # weight exp(-a * b / (n_age_bands - 1)) (younger, more price-sensitive customers), a < 0 older.
+    age_mix: float = 0.0
     # user preference = feature effects + this * noise: features inform, not determine
     preference_noise: float = param(0.5, ge=0)
     price_sensitivity_mean: float = param(1.0, ge=0)  # mean coefficient on centred log-price in the purchase model
@@ -260,6 +288,11 @@ class EnvConfig:
     def user_feature_sizes(self) -> tuple[int, int, int]:
         """Categories of the user feature columns, in observation order (age band, gender, region)."""
         return (self.n_age_bands, self.n_genders, self.n_regions)
+
+    @property
+    def n_new_items(self) -> int:
+        """Items held out of the catalog at the start (``holdout_items`` of ``n_items``, rounded)."""
+        return round(self.holdout_items * self.n_items)
 
     def check(self, prefix: str = "env") -> None:
         """The rules that involve several fields."""
@@ -310,6 +343,47 @@ class EnvConfig:
                 "at most 3 with logs=obd (the logs have three positions)",
             )
         require(self.device != "", f"{prefix}.device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+        require(
+            self.slate_size <= self.n_items - self.n_new_items,
+            f"{prefix}.holdout_items",
+            self.holdout_items,
+            f"small enough to leave slate_size = {self.slate_size} items in the catalog at the start (it "
+            f"leaves {self.n_items - self.n_new_items} of n_items = {self.n_items})",
+        )
+        require(
+            self.new_item_rate == 0 or self.holdout_items > 0,
+            f"{prefix}.new_item_rate",
+            self.new_item_rate,
+            "0 unless env.holdout_items > 0 (new items arrive from the share held out at the start)",
+        )
+        if self.content_path is not None:
+            require(
+                self.content_dim > 0,
+                f"{prefix}.content_dim",
+                self.content_dim,
+                f"the width of the vectors in content_path = {self.content_path!r} (the expected shape is "
+                "[n_items, content_dim])",
+            )
+        if self.content_sha256 is not None:
+            digest = self.content_sha256.lower()
+            require(
+                self.content_path is not None,
+                f"{prefix}.content_sha256",
+                self.content_sha256,
+                "null unless env.content_path names a content file",
+            )
+            require(
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+                f"{prefix}.content_sha256",
+                self.content_sha256,
+                "64 hexadecimal digits (the output of sha256sum <file>)",
+            )
+        require(
+            self.age_mix == 0 or self.logs == "",
+            f"{prefix}.age_mix",
+            self.age_mix,
+            "0 with logs=obd (the fitted shop's users arrive as often as in the logs)",
+        )
 
 
 def validate_env_config(cfg: EnvConfig) -> None:
@@ -380,6 +454,17 @@ class TrainerConfig:
     # keys are listed); true accepts it and records the change in the checkpoint.
     allow_config_change: bool = False
     progress: bool = True  # tqdm progress bar
+    # Validation: every val_every environment steps (0: never) the greedy policy plays val_users
+    # sessions in the validation shop (TensorBoard eval/val_return), and the checkpoint with the
+    # best mean return so far is kept as best.pt. The validation shop is "train" (the training
+    # shop, other users), "heldout_users" (another population, drawn from val_user_seed, not the
+    # one evaluate.py holds out) or a shifted shop conf/env/shift_<name>.yaml. New items stay
+    # out of it: they are evaluate.py's test.
+    val_every: int = param(0, ge=0)
+    val_users: int = param(512, ge=1)
+    val_seed: int = param(30_000, ge=0)  # seeds the validation users: the same sessions at every validation
+    val_shop: str = "heldout_users"
+    val_user_seed: int = param(2, ge=0)
     # The launch-free training step (rlrec/train/compiled.py, agent=dqn): collect, store, sample and
     # update without host synchronisation, captured by torch.compile. Fresh users are drawn for
     # every row, so the same seed gives another (equally distributed) run than the eager loop.
@@ -396,8 +481,10 @@ class TrainerConfig:
 
     def check(self, prefix: str = "trainer") -> None:
         from rlrec.eval.rollout import check_baseline_names
+        from rlrec.eval.shifts import check_shop_names
 
         check_baseline_names(self.eval_baselines, f"{prefix}.eval_baselines")
+        check_shop_names(self.val_shop, f"{prefix}.val_shop", allow_train=True)
         require(
             self.resume != "",
             f"{prefix}.resume",
@@ -437,14 +524,21 @@ class EvaluateConfig:
     device: Optional[str] = None  # None: the device the run trained on ("auto" picks CUDA when present)
     out_dir: Optional[str] = None  # None: the run directory (simulator) or outputs/eval/<date>/<time> (logs)
     baselines: list[str] = field(default_factory=lambda: ["random", "myopic_oracle"])  # evaluated beside the run
+    # Generalisation: also evaluate in these shops and report the gap to the training shop:
+    # "heldout_users" (another population of customers, drawn from heldout_user_seed) and the
+    # shifted shops conf/env/shift_<name>.yaml (same catalog; see rlrec/eval/shifts.py).
+    shifts: list[str] = field(default_factory=list)
+    heldout_user_seed: int = param(1, ge=0)
     ope: OPEConfig = field(default_factory=lambda: OPEConfig())  # env=obd, env=served: the off-policy estimates
     # the env group: None (a trained run is evaluated in its own shop), env=obd or env=served (logged data)
     env: Any = None
 
     def check(self, prefix: str = "") -> None:
         from rlrec.eval.rollout import check_baseline_names
+        from rlrec.eval.shifts import check_shop_names
 
         check_baseline_names(self.baselines, "baselines")
+        check_shop_names(self.shifts, "shifts")
 
 
 # ----------------------------------------------------------------------------- serving

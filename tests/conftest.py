@@ -6,6 +6,7 @@ import torch
 from rlrec.config import env_preset
 from rlrec.sim.env import Shop
 
+
 def _share_the_cores_between_workers() -> None:
     """pytest-xdist (``-n auto`` in pyproject.toml) runs one worker per core: each worker and the
     train.py processes its tests start get their share of the cores, not all of them each."""

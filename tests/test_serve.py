@@ -57,6 +57,13 @@ def make_agent(kind, seed=0, device="cpu"):
     small = dict(buffer_size=64, batch_size=8, embed_dim=8, hidden_dim=16)
     if kind == "dqn":
         return DQNAgent(spec, device=device, seed=seed, **small), shop.cfg
+    if kind == "dqn_content":  # content vectors, and held-out items whose ids the network does not know
+        shop = small_shop(device=device, content_dim=6, holdout_items=0.2)
+        agent = DQNAgent(AgentSpec.from_shop(shop), device=device, seed=seed, **small)
+        with torch.no_grad():  # a bias that matters: unknown items must be scored without theirs
+            agent.q.item_bias.copy_(torch.randn(N_ITEMS, generator=torch.Generator().manual_seed(seed)))
+        shop.open_catalog()  # a service recommends from the whole catalog (the agent holds the same mask)
+        return agent, shop.cfg
     if kind == "dqn_mlp_gru":
         return DQNAgent(spec, device=device, seed=seed, head="mlp", history="gru", **small), shop.cfg
     if kind == "bandit":
@@ -82,7 +89,7 @@ def own_scores(agent, obs):
 
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", ["dqn", "dqn_mlp_gru", "bandit", "popular", "random", "tabular_q"])
+@pytest.mark.parametrize("kind", ["dqn", "dqn_mlp_gru", "dqn_content", "bandit", "popular", "random", "tabular_q"])
 def test_exported_scores_equal_the_agents_own(kind, device, tmp_path):
     """TorchScript and ONNX reproduce the scores the agent acts on (1e-5) on random observations of any
     batch size, and their top K is the agent's greedy slate."""
@@ -108,6 +115,22 @@ def test_exported_scores_equal_the_agents_own(kind, device, tmp_path):
         if kind not in ("random", "tabular_q"):  # random: its greedy slate is arbitrary; tabular_q: argmax ties
             greedy = agent.act({k: v.to(device) for k, v in obs.items()}).cpu()
             assert torch.equal(scripted.topk(agent.spec.slate_size, dim=1).indices, greedy)
+
+
+def test_content_is_part_of_the_exported_model(tmp_path):
+    """catalog.json carries the content vectors, and the exported scores depend on them (the item
+    vectors are computed from them at export): other content, other scores."""
+    agent, env_cfg = make_agent("dqn_content")
+    out = export_agent(agent, env_cfg, tmp_path / "model", onnx=False)
+    catalog = json.loads((out / "catalog.json").read_text())
+    assert torch.equal(torch.tensor(catalog["content"]), agent.spec.item_content)
+    obs = example_observation(agent.spec, 5, torch.Generator().manual_seed(3))
+    names = input_names(agent.spec.observe_satisfaction)
+    before = torch.jit.load(str(out / "model.pt"))(*(obs[n] for n in names))
+    agent.q.items.item_content.mul_(-1)  # other content vectors, same weights
+    other = export_agent(agent, env_cfg, tmp_path / "other", onnx=False)
+    after = torch.jit.load(str(other / "model.pt"))(*(obs[n] for n in names))
+    assert (after - before).abs().max() > 1e-3
 
 
 def test_the_artifact_loads_without_rlrec(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from rlrec.config import ConfigError, build_config
-from rlrec.sim.env import Observation, StepResult
+from rlrec.sim.env import Observation, StepResult, available_random_slates
 from rlrec.utils import make_generator, resolve_device
 
 Transition = dict[str, Any]
@@ -44,7 +44,13 @@ def make_transition(obs: Observation, slate: torch.Tensor, result: StepResult) -
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """What the shop shows an agent: sizes and the observable item features, never hidden traits."""
+    """What the shop shows an agent: sizes and the observable item features, never hidden traits.
+
+    ``item_content`` holds the items' content vectors (image or text embeddings; None when the
+    shop has none): learned agents take them through a learned projection, and an exported
+    policy needs them as inputs. ``item_available`` says which items are in the catalog now
+    (None: all of them, always): the shop's own tensor, updated in place as new items arrive.
+    """
 
     n_items: int  # N, catalog size
     slate_size: int  # K, items per slate
@@ -59,6 +65,13 @@ class AgentSpec:
     item_category: torch.Tensor  # [N] long
     item_brand: torch.Tensor  # [N] long
     item_price: torch.Tensor  # [N] float
+    item_content: torch.Tensor | None = None  # [N, C] float content vectors, or None
+    item_available: torch.Tensor | None = None  # [N] bool, live: the items in the catalog now (None: all)
+
+    @property
+    def content_dim(self) -> int:
+        """C, the width of the content vectors (0 without content)."""
+        return 0 if self.item_content is None else int(self.item_content.shape[1])
 
     @classmethod
     def from_shop(cls, shop: Any, num_users: int | None = None) -> AgentSpec:
@@ -78,6 +91,8 @@ class AgentSpec:
             item_category=catalog.category,
             item_brand=catalog.brand,
             item_price=catalog.price,
+            item_content=catalog.content,
+            item_available=shop.item_available,
         )
 
 
@@ -128,9 +143,29 @@ class AgentBase:
         self.hp = build_config(self.Config, hyperparameters, "agent")
         self.check_spec(spec)
         self.generator = make_generator(seed, self.device)
+        self.item_available: torch.Tensor | None = spec.item_available
 
     def check_spec(self, spec: AgentSpec) -> None:
         """Raise :class:`ConfigError` if this agent cannot serve the shop described by ``spec``."""
+
+    # ------------------------------------------------------------------ the catalog it recommends from
+    def use_catalog(self, available: torch.Tensor | None) -> torch.Tensor | None:
+        """Recommend from the items ``available`` ([N] bool, a shop's live ``item_available``; None: all)
+        from now on; returns the mask used before. The evaluator calls it to play the agent in
+        another shop of the same catalog (new items open, say)."""
+        previous, self.item_available = self.item_available, available
+        return previous
+
+    def mask_unavailable(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` [B, N] with the items not in the catalog set to -inf (unchanged when all are in)."""
+        if self.item_available is None:
+            return scores
+        return scores.masked_fill(~self.item_available.to(scores.device), float("-inf"))
+
+    def random_slates(self, b: int) -> torch.Tensor:
+        """[b, K] uniformly random slates of distinct items in the catalog, from the agent's generator."""
+        available = None if self.item_available is None else self.item_available.to(self.device)
+        return available_random_slates(b, available, self.spec.n_items, self.spec.slate_size, self.generator)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 from rlrec.agents.base import AgentBase, AgentSpec, ItemScores, Transition, batch_size, explore_rows
 from rlrec.agents.dqn import DQNAgent, DQNConfig
 from rlrec.config import probability, require
-from rlrec.sim.env import Observation, random_slates
+from rlrec.sim.env import Observation
 
 
 class RandomAgent(AgentBase):
@@ -29,10 +29,13 @@ class RandomAgent(AgentBase):
     learns = False
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        return random_slates(batch_size(obs), self.spec.n_items, self.spec.slate_size, self.generator)
+        return self.random_slates(batch_size(obs))
 
     def action_probs(self, obs: Observation, slot: torch.Tensor | None = None) -> torch.Tensor:
-        # every slot of a uniformly random slate of distinct items is uniform over the items
+        # every slot of a uniformly random slate of distinct items is uniform over the items in the catalog
+        if self.item_available is not None:
+            available = self.item_available.to(self.generator.device).double()
+            return (available / available.sum()).expand(batch_size(obs), -1).clone()
         return torch.full(
             (batch_size(obs), self.spec.n_items),
             1.0 / self.spec.n_items,
@@ -65,12 +68,10 @@ class PopularAgent(AgentBase):
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
         b, k = batch_size(obs), self.spec.slate_size
-        top = self.purchases.topk(k).indices.expand(b, -1)
+        top = self.mask_unavailable(self.purchases.unsqueeze(0)).topk(k).indices.expand(b, -1)
         if not explore:
             return top
-        return explore_rows(
-            top, random_slates(b, self.spec.n_items, k, self.generator), self.hp.epsilon, self.generator
-        )
+        return explore_rows(top, self.random_slates(b), self.hp.epsilon, self.generator)
 
     def scoring_module(self) -> torch.nn.Module:
         """The purchase counts (with their tie-breaking noise), the same for every user."""

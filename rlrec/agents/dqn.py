@@ -10,6 +10,11 @@ top-K items by Q value, and learning is item-wise: the transition's action is th
 the user acted on (clicked, or the first shown when the slate was ignored) and the next
 state's value is the best single item's. That is a heuristic, not a slate-aware method
 (see :mod:`rlrec.agents.slateq`): it ignores how items in one slate compete for the click.
+
+New items. The agent recommends only items in the catalog (``spec.item_available``, the
+shop's live mask): the greedy slate, exploration and the TD target's best next item are all
+taken among them. Items it has never acted on are scored from their features and content,
+not their untrained id embedding (see :mod:`rlrec.agents.nets`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, li
 from rlrec.agents.nets import QNetwork, ServingQ
 from rlrec.agents.replay import Batch, ReplayBuffer
 from rlrec.config import param, probability, require
-from rlrec.sim.env import Observation, random_slates
+from rlrec.sim.env import Observation
 from rlrec.utils import make_generator
 
 
@@ -53,6 +58,11 @@ class DQNConfig:
     eps_start: float = probability(1.0)  # linear epsilon schedule over transitions: start,
     eps_end: float = probability(0.05)  # end,
     exploration_steps: int = param(200_000, ge=0)  # and its length in transitions
+    # --- generalisation: what keeps a policy from memorising one shop's items
+    weight_decay: float = param(0.0, ge=0)  # decoupled weight decay (AdamW) with adam; L2 penalty with sgd
+    dropout: float = param(0.0, ge=0, lt=1)  # dropout of hidden units of the state and item MLPs (training only)
+    id_dropout: float = param(0.0, ge=0, lt=1)  # chance an item's id embedding and bias are left out in an update
+    use_content: bool = True  # read the items' content vectors when the shop has them (false: id and features only)
 
     def check(self, prefix: str = "agent") -> None:
         require(
@@ -76,17 +86,29 @@ class DQNAgent(AgentBase):
         super().__init__(spec, seed=seed, device=device, **hyperparameters)
         hp = self.hp
         torch.manual_seed(seed)  # network initialisation (the only use of the global generator)
-        self.q = QNetwork(spec, head=hp.head, history=hp.history, embed_dim=hp.embed_dim, hidden_dim=hp.hidden_dim).to(
-            self.device
-        )
+        self.q = QNetwork(
+            spec,
+            head=hp.head,
+            history=hp.history,
+            embed_dim=hp.embed_dim,
+            hidden_dim=hp.hidden_dim,
+            dropout=hp.dropout,
+            id_dropout=hp.id_dropout,
+            use_content=hp.use_content,
+        ).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         # The online network as the loss calls it: rlrec/train/distributed.py puts it inside
         # DistributedDataParallel, which all-reduces its gradients; acting and targets use self.q.
         self.q_train: torch.nn.Module = self.q
-        opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[hp.optimizer]
-        self.optimizer = opt_cls(self.q.parameters(), lr=hp.lr)
+        if hp.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.q.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.weight_decay > 0:
+            self.optimizer = torch.optim.AdamW(self.q.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(self.q.parameters(), lr=hp.lr)
         self.buffer = ReplayBuffer(hp.buffer_size, spec.num_users, self.device, n_step=hp.n_step, seed=seed + 1)
         self.generator = make_generator(seed + 2, self.device)  # exploration
+        self.dropout_generator = make_generator(seed + 3, self.device)  # dropout and id dropout in updates
         self.transitions_seen = 0
         self.updates = 0
 
@@ -116,13 +138,12 @@ class DQNAgent(AgentBase):
         greedy = self.greedy(obs)
         if not explore:
             return greedy
-        random = random_slates(greedy.shape[0], self.spec.n_items, self.spec.slate_size, self.generator)
-        return explore_rows(greedy, random, self.epsilon, self.generator)
+        return explore_rows(greedy, self.random_slates(greedy.shape[0]), self.epsilon, self.generator)
 
     @torch.no_grad()
     def greedy(self, obs: Observation) -> torch.Tensor:
         """[B, K] the K items of highest Q, best first."""
-        return self.q(obs).topk(self.spec.slate_size, dim=1).indices
+        return self.mask_unavailable(self.q(obs)).topk(self.spec.slate_size, dim=1).indices
 
     def scoring_module(self) -> torch.nn.Module:
         """The online network's Q values of every item (their top K is the greedy slate), item
@@ -133,6 +154,8 @@ class DQNAgent(AgentBase):
     def observe(self, transition: Transition) -> None:
         self.buffer.add({key: transition[key] for key in self.STORED})
         self.transitions_seen += int(transition["done"].numel())
+        if self.q.head != "tabular" and self.q.items.masks_ids:  # these items' ids now learn: they count
+            self.q.items.known[transition["action"].to(self.device)] = True
 
     def update(self) -> dict[str, torch.Tensor]:
         if self.transitions_seen < self.hp.learning_starts:
@@ -154,9 +177,9 @@ class DQNAgent(AgentBase):
         """
         gamma = self.hp.gamma
         discounted = (rewards * gamma ** torch.arange(rewards.shape[1], device=rewards.device)).sum(1)
-        next_q = self.q_target(next_obs)
+        next_q = self.mask_unavailable(self.q_target(next_obs))  # the best next item among those in the catalog
         if self.hp.double_dqn:
-            best = self.q(next_obs).argmax(dim=1, keepdim=True)
+            best = self.mask_unavailable(self.q(next_obs)).argmax(dim=1, keepdim=True)
             next_value = next_q.gather(1, best).squeeze(1)
         else:
             next_value = next_q.max(dim=1).values
@@ -164,7 +187,8 @@ class DQNAgent(AgentBase):
 
     def td_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of ``batch`` against :meth:`td_target`, and the Q values [batch] of its actions."""
-        q_values = self.q_train(batch["obs"]).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
+        noise = self.dropout_generator if self.hp.dropout > 0 or self.hp.id_dropout > 0 else None
+        q_values = self.q_train(batch["obs"], noise=noise).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
         target = self.td_target(batch["rewards"], batch["steps"], batch["next_obs"], batch["done"])
         if self.hp.loss == "huber":
             return F.smooth_l1_loss(q_values, target), q_values
@@ -191,6 +215,8 @@ class DQNAgent(AgentBase):
         if self.hp.tau < 1.0:
             for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
                 p_target.lerp_(p, self.hp.tau)
+            for b, b_target in zip(self.q.buffers(), self.q_target.buffers()):  # which ids are known
+                b_target.copy_(b)
         elif isinstance(updates, torch.Tensor):
             due = updates % self.hp.target_update_interval == 0
             for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
@@ -206,6 +232,7 @@ class DQNAgent(AgentBase):
             "optimizer": self.optimizer.state_dict(),
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
+            "dropout_generator": self.dropout_generator.get_state(),
             "transitions_seen": self.transitions_seen,
             "updates": self.updates,
         }
@@ -220,4 +247,5 @@ class DQNAgent(AgentBase):
                     group["capturable"] = False
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
+        self.dropout_generator.set_state(state["dropout_generator"])
         self.transitions_seen, self.updates = int(state["transitions_seen"]), int(state["updates"])

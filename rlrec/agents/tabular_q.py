@@ -25,7 +25,7 @@ import torch
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule, require_spec
 from rlrec.config import param, probability
-from rlrec.sim.env import Observation, random_slates
+from rlrec.sim.env import Observation
 from rlrec.sim.tabular import all_slates, n_slates, n_tabular_states, slate_index, tabular_state_index
 
 
@@ -78,11 +78,17 @@ class TabularQAgent(AgentBase):
         return tabular_state_index(obs, self.spec)
 
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        greedy = self.slates[self.q[self.state(obs)].argmax(dim=1)]  # [B, K]
+        greedy = self.slates[self.in_catalog(self.q[self.state(obs)]).argmax(dim=1)]  # [B, K]
         if not explore:
             return greedy
-        random = random_slates(greedy.shape[0], self.spec.n_items, self.spec.slate_size, self.generator)
-        return explore_rows(greedy, random, self.epsilon, self.generator)
+        return explore_rows(greedy, self.random_slates(greedy.shape[0]), self.epsilon, self.generator)
+
+    def in_catalog(self, q_rows: torch.Tensor) -> torch.Tensor:
+        """``q_rows`` [B, A] with the slates that show an item not in the catalog now at -inf."""
+        if self.item_available is None:
+            return q_rows
+        shown = self.item_available.to(self.device)[self.slates].all(dim=1)  # [A]: every item of the slate is there
+        return q_rows.masked_fill(~shown, float("-inf"))
 
     def scoring_module(self) -> torch.nn.Module:
         """The Q table's row of each observation's state (its argmax is the greedy item)."""
@@ -111,7 +117,8 @@ class TabularQAgent(AgentBase):
     ) -> dict[str, torch.Tensor]:
         """The batched update described in the module docstring."""
         q, hp = self.q, self.hp
-        target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * q[next_state].max(dim=1).values
+        next_value = self.in_catalog(q[next_state]).max(dim=1).values
+        target = reward.to(q.dtype) + hp.gamma * (~done).to(q.dtype) * next_value
         td_error = target - q[state, action]
         flat = state * q.shape[1] + action
         hits = torch.zeros(q.numel(), dtype=q.dtype, device=q.device).index_add_(0, flat, torch.ones_like(td_error))

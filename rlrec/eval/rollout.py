@@ -30,8 +30,19 @@ METRICS: dict[str, str] = {
     "purchases_per_session": "purchases per session",
     "revenue_per_session": "revenue per session",
     "coverage": "share of the catalog shown at least once",
+    # in a shop with new items (env.holdout_items > 0): items not in the catalog when it started
+    "new_item_share": "share of slates showing at least one new item",
+    "new_item_ctr": "clicks per new item shown",
+    "warm_item_ctr": "clicks per warm item shown (items in the catalog from the start)",
+    "new_item_purchase_rate": "purchases per new item shown",
+    "warm_item_purchase_rate": "purchases per warm item shown",
+    "new_item_rating": "mean rating of the new items bought (1..5)",
+    "warm_item_rating": "mean rating of the warm items bought (1..5)",
 }
 """Every metric of a rollout, by its one name, with what it measures."""
+
+ITEM_KIND_METRICS = tuple(name for name in METRICS if name.startswith(("new_item", "warm_item")))
+"""The metrics of new against warm items: reported only for shops with new items."""
 
 Policy = Callable[[Observation], torch.Tensor]
 """Maps the current observation to a slate [B, K] (greedy: no exploration)."""
@@ -75,6 +86,21 @@ def _rating_mean_ci(counts: torch.Tensor, z: float = 1.96) -> dict[str, float]:
 
 
 @dataclass
+class ItemKindStats:
+    """Per-session totals over one kind of item (new or warm): [B] tensors, and [5] rating counts."""
+
+    shown: torch.Tensor  # items of this kind shown (slots)
+    clicks: torch.Tensor  # clicks on them
+    purchases: torch.Tensor  # purchases of them
+    rating_counts: torch.Tensor  # [5] ratings 1..5 of their purchases, over all sessions
+
+    @staticmethod
+    def concat(parts: list[ItemKindStats]) -> ItemKindStats:
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])
+        return ItemKindStats(cat("shown"), cat("clicks"), cat("purchases"), sum(p.rating_counts for p in parts))
+
+
+@dataclass
 class SessionStats:
     """Per-session totals, one entry per user row: tensors of shape [B]."""
 
@@ -86,12 +112,17 @@ class SessionStats:
     revenue: torch.Tensor
     rating_counts: torch.Tensor  # [5] number of ratings 1..5 over all sessions
     items_shown: torch.Tensor  # [N] bool: was the item shown at least once
+    # in a shop with new items: slates that showed at least one [B], and each kind's totals
+    slates_with_new: torch.Tensor | None = None
+    new_items: ItemKindStats | None = None
+    warm_items: ItemKindStats | None = None
 
     @staticmethod
     def concat(parts: Iterable[SessionStats]) -> SessionStats:
         """The sessions of several rollouts (e.g. seeds) pooled into one sample."""
         parts = list(parts)
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])
+        kinds = all(p.new_items is not None for p in parts)
         return SessionStats(
             cat("session_return"),
             cat("length"),
@@ -101,11 +132,26 @@ class SessionStats:
             cat("revenue"),
             sum(p.rating_counts for p in parts),
             torch.stack([p.items_shown for p in parts]).any(0),
+            cat("slates_with_new") if kinds else None,
+            ItemKindStats.concat([p.new_items for p in parts]) if kinds else None,
+            ItemKindStats.concat([p.warm_items for p in parts]) if kinds else None,
         )
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Every metric of :data:`METRICS`: mean and 95% CI half-width (and the sample size)."""
         length = self.length.double()
+        kinds = {}
+        if self.new_items is not None:
+            new, warm = self.new_items, self.warm_items
+            kinds = {
+                "new_item_share": ratio_ci(self.slates_with_new, length),
+                "new_item_ctr": ratio_ci(new.clicks, new.shown),
+                "warm_item_ctr": ratio_ci(warm.clicks, warm.shown),
+                "new_item_purchase_rate": ratio_ci(new.purchases, new.shown),
+                "warm_item_purchase_rate": ratio_ci(warm.purchases, warm.shown),
+                "new_item_rating": _rating_mean_ci(new.rating_counts),
+                "warm_item_rating": _rating_mean_ci(warm.rating_counts),
+            }
         return {
             "episodic_return": mean_ci(self.session_return),
             "episode_length": mean_ci(length),
@@ -120,6 +166,7 @@ class SessionStats:
                 "ci95": 0.0,
                 "n": int(self.items_shown.numel()),
             },  # a fraction of the catalog, not a sample
+            **kinds,
         }
 
     def rating_share(self) -> list[float]:
@@ -133,9 +180,21 @@ def run_sessions(shop: Shop, policy: Any, seed: int | None = None) -> SessionSta
 
     Args:
         shop: the simulator; it is reset (with ``seed`` if given, for common random numbers).
+            The policy recommends from its catalog (``shop.item_available``); in a shop with new
+            items the totals are also kept per kind of item (new or warm).
         policy: an agent or yardstick (its greedy ``act`` is used) or a function ``obs -> slate``.
         seed: reseeds the shop's generator first, so two policies can face the same users.
     """
+    use_catalog = getattr(policy, "use_catalog", None)
+    previous = use_catalog(shop.item_available) if use_catalog is not None else None
+    try:
+        return _run_sessions(shop, policy, seed)
+    finally:
+        if use_catalog is not None:
+            use_catalog(previous)
+
+
+def _run_sessions(shop: Shop, policy: Any, seed: int | None) -> SessionStats:
     act = policy.act if hasattr(policy, "act") else policy
     obs = shop.reset(seed=seed)
     b, dev = shop.num_users, shop.device
@@ -144,10 +203,27 @@ def run_sessions(shop: Shop, policy: Any, seed: int | None = None) -> SessionSta
     ret, length, clicks, purchases, rating_sum, revenue = zeros(), zeros(torch.long), zeros(), zeros(), zeros(), zeros()
     rating_counts = torch.zeros(6, dtype=torch.long, device=dev)
     items_shown = torch.zeros(shop.n_items, dtype=torch.bool, device=dev)
+    is_new = shop.item_new
+    if is_new is not None:
+        slates_with_new = zeros()
+        kinds = {
+            kind: ItemKindStats(zeros(), zeros(), zeros(), torch.zeros(6, dtype=torch.long, device=dev))
+            for kind in ("new", "warm")
+        }
     for _ in range(shop.cfg.horizon):
         slate = act(obs)
         obs, reward, done, info = shop.step(slate)
         live = alive.double()
+        if is_new is not None:
+            shown_new = is_new[slate].double().sum(1)
+            acted_new = is_new[info["item"]]  # the clicked item (or the first shown, never clicked)
+            slates_with_new += (shown_new > 0).double() * live
+            for kind, stats in kinds.items():
+                mine = acted_new if kind == "new" else ~acted_new
+                stats.shown += (shown_new if kind == "new" else slate.shape[1] - shown_new) * live
+                stats.clicks += (info["click"] & mine).double() * live
+                stats.purchases += (info["purchase"] & mine).double() * live
+                stats.rating_counts += torch.bincount(info["rating"][alive & mine], minlength=6)[:6]
         ret += reward.double() * live
         length += alive.long()
         clicks += info["click"].double() * live
@@ -158,7 +234,12 @@ def run_sessions(shop: Shop, policy: Any, seed: int | None = None) -> SessionSta
         items_shown[slate[alive].flatten()] = True
         alive &= ~done
     # every session has ended by the horizon, so nothing is cut short
-    return SessionStats(ret, length, clicks, purchases, rating_sum, revenue, rating_counts[1:], items_shown)
+    stats = SessionStats(ret, length, clicks, purchases, rating_sum, revenue, rating_counts[1:], items_shown)
+    if is_new is not None:
+        for kind in kinds.values():
+            kind.rating_counts = kind.rating_counts[1:]
+        stats.slates_with_new, stats.new_items, stats.warm_items = slates_with_new, kinds["new"], kinds["warm"]
+    return stats
 
 
 def compare_policies(shop: Shop, policies: dict[str, Any], seed: int) -> dict[str, dict[str, dict[str, float]]]:

@@ -5,18 +5,25 @@ reseeded with ``eval_seed`` before each), so their differences are not noise in 
 up. Writes ``eval.json``, ``eval.md``, ``learning_curve.png`` (from the run's TensorBoard
 events) and ``policies.png``. On an enumerable shop it adds V*, the exact value of the
 trained policy and the gap (any slate size: the MDP's actions are ordered slates).
+
+The evaluation opens the catalog: items held out in training (``env.holdout_items``) are in
+it, and a "New items" section compares them with the warm ones. With ``shifts`` it also plays
+every policy in the held-out-users and shifted shops (:mod:`rlrec.eval.shifts`) and reports
+each one's gap to the training shop ("Generalisation").
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from rlrec.eval.output import bar_chart, line_chart, markdown_table, mean_ci_cell, write_report
-from rlrec.eval.rollout import METRICS, compare_policies, make_baselines
+from rlrec.eval.rollout import ITEM_KIND_METRICS, METRICS, compare_policies, make_baselines
+from rlrec.eval.shifts import check_same_catalog, shop_config
 from rlrec.sim.env import Shop
 from rlrec.sim.tabular import build_tabular_mdp, enumeration_problem, greedy_policy_value
-from rlrec.train.run import load_run, resolve_checkpoint
+from rlrec.train.run import catalog_fingerprint, load_run, resolve_checkpoint
 
 
 def evaluate_run(
@@ -27,14 +34,25 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     device: str | None = None,
     baselines: tuple[str, ...] = ("random", "myopic_oracle"),
+    shifts: tuple[str, ...] = (),
+    heldout_user_seed: int = 1,
 ) -> dict[str, Any]:
-    """Evaluate the trained policy of a run and the baselines; write the report files; return the report."""
+    """Evaluate the trained policy of a run and the baselines; write the report files; return the report.
+
+    ``shifts``: also evaluate in these shops (``"heldout_users"``, ``"shift_<name>"``), users of
+    ``heldout_user_seed`` for the held-out ones.
+    """
     path = resolve_checkpoint(run_dir, checkpoint)
     overrides = {"num_users": eval_users} | ({"device": device} if device else {})
     run = load_run(path, **overrides)
-    shop = run.shop
+    shop = run.shop.open_catalog()
+    seed = int(run.cfg.seed)
     out = Path(out_dir) if out_dir is not None else path.parent
-    policies = {run.label: run.agent, **make_baselines(baselines, shop, int(run.cfg.seed))}
+    # every shop is built (and a shift that changes the catalog refused) before anything is played
+    shifted = {name: Shop(shop_config(shop.cfg, name, heldout_user_seed)).open_catalog() for name in shifts}
+    for name, other in shifted.items():
+        check_same_catalog(catalog_fingerprint(shop), other, name)
+    policies = {run.label: run.agent, **make_baselines(baselines, shop, seed)}
 
     report: dict[str, Any] = {
         "checkpoint": str(path),
@@ -43,6 +61,24 @@ def evaluate_run(
         "eval_seed": eval_seed,
         "policies": compare_policies(shop, policies, eval_seed),
     }
+    if shop.item_new is not None:
+        trained_until = run.checkpoint["shop"]["catalog_step"]  # the catalog's clock when training stopped
+        report["new_items"] = {
+            "count": int(shop.item_new.sum()),
+            "share_of_catalog": float(shop.item_new.double().mean()),
+            "arrived_in_training": int(shop.item_new.logical_and(shop.arrival.le(trained_until)).sum()),
+        }
+    if shifted:
+        report["generalization"] = {
+            "heldout_user_seed": heldout_user_seed,
+            "shops": {
+                name: compare_policies(
+                    other, {run.label: run.agent, **make_baselines(baselines, other, seed)}, eval_seed
+                )
+                for name, other in shifted.items()
+            },
+        }
+        report["generalization"]["gaps"] = generalization_gaps(report["policies"], report["generalization"]["shops"])
     if enumeration_problem(shop.cfg) is None:
         report["oracle"] = exact_values(shop, run.agent)
 
@@ -61,6 +97,25 @@ def evaluate_run(
     if curve:
         line_chart(out / "learning_curve.png", curve, "user-steps", "episodic return (training)", "Learning curve")
     return report
+
+
+def generalization_gaps(
+    train: dict[str, dict[str, dict[str, float]]], shops: dict[str, dict[str, dict[str, dict[str, float]]]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{shop: {policy: gap}}``: each policy's mean session return in ``shop`` minus its return in the
+    training shop, with a 95% CI half-width (independent samples: the two half-widths in quadrature)
+    and the ratio of the two returns."""
+    gaps: dict[str, dict[str, dict[str, float]]] = {}
+    for name, policies in shops.items():
+        gaps[name] = {}
+        for label, metrics in policies.items():
+            here, there = metrics["episodic_return"], train[label]["episodic_return"]
+            gaps[name][label] = {
+                "mean": here["mean"] - there["mean"],
+                "ci95": math.hypot(here["ci95"], there["ci95"]),
+                "ratio": here["mean"] / there["mean"] if there["mean"] else float("nan"),
+            }
+    return gaps
 
 
 def exact_values(shop: Shop, agent: Any) -> dict[str, float]:
@@ -93,7 +148,7 @@ def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def format_markdown(report: dict[str, Any]) -> str:
-    names = list(METRICS)
+    names = [name for name in METRICS if name not in ITEM_KIND_METRICS]
     rows = [[label] + [mean_ci_cell(metrics[name]) for name in names] for label, metrics in report["policies"].items()]
     lines = [
         f"# Evaluation: {report['eval_users']} sessions per policy, same users (seed {report['eval_seed']})",
@@ -104,6 +159,10 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         markdown_table(["policy"] + names, rows),
     ]
+    if "new_items" in report:
+        lines += ["", *new_items_section(report["policies"], report["new_items"])]
+    if "generalization" in report:
+        lines += ["", *generalization_section(report["policies"], report["generalization"])]
     if "oracle" in report:
         o = report["oracle"]
         lines += [
@@ -114,3 +173,42 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"gap = {o['gap']:.4f} ({100 * o['ratio']:.2f}% of optimal).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def new_items_section(policies: dict[str, dict[str, dict[str, float]]], new_items: dict[str, Any]) -> list[str]:
+    """Markdown lines: each policy's figures on the new items against the warm ones."""
+    header = ["policy", *ITEM_KIND_METRICS]
+    rows = [[label] + [mean_ci_cell(m[name]) for name in ITEM_KIND_METRICS] for label, m in policies.items()]
+    return [
+        "## New items",
+        "",
+        f"{new_items['count']} new items ({100 * new_items['share_of_catalog']:.0f}% of the catalog, "
+        f"{new_items['arrived_in_training']} of them arrived during training, the rest never shown in it); "
+        "warm items are those in the catalog from the start. CTR and purchase rate per item shown.",
+        "",
+        markdown_table(header, rows),
+    ]
+
+
+def generalization_section(train: dict[str, dict[str, dict[str, float]]], general: dict[str, Any]) -> list[str]:
+    """Markdown lines: every policy's mean session return in each shop, and its gap to the training shop."""
+    labels = list(train)
+    rows = [["training shop"] + [mean_ci_cell(train[label]["episodic_return"]) for label in labels]]
+    for name, policies in general["shops"].items():
+        cells = []
+        for label in labels:
+            gap = general["gaps"][name][label]
+            cells.append(
+                f"{mean_ci_cell(policies[label]['episodic_return'])} ({gap['mean']:+.3f} ± {gap['ci95']:.3f}, "
+                f"{100 * (gap['ratio'] - 1):+.0f}%)"
+            )
+        rows.append([name] + cells)
+    return [
+        "## Generalisation",
+        "",
+        f"Mean session return (95% CI) in each shop, and in brackets the gap to the training shop. "
+        f"heldout_users: another population of customers (user seed {general['heldout_user_seed']}); "
+        "shift_*: conf/env/shift_*.yaml applied to the run's shop. Same catalog everywhere.",
+        "",
+        markdown_table(["shop", *labels], rows),
+    ]

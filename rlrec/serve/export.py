@@ -9,7 +9,10 @@ An artifact is a directory:
   int64 with a leading batch dimension, ``scores`` [B, N] float. ``torch.jit.load`` is all it takes.
 - ``model.onnx``: the same graph in ONNX (opset 17) where the exporter manages it, for ONNX
   Runtime or any other ONNX engine; ``null`` in the manifest otherwise.
-- ``catalog.json``: the observable item features (category, brand, price) in id order.
+- ``catalog.json``: the observable item features (category, brand, price and, for a shop with
+  item content, the content vectors) in id order. The model reads the content through its item
+  vectors, computed once at export (:class:`rlrec.agents.nets.ServingQ`): a new content vector
+  means a new export.
 - ``manifest.json``: what a client and the service need: the model version, the env
   fingerprint and config, catalog size, user feature names and sizes, history length, slate
   size, the exploration the model is served with, the rlrec and torch versions, the inputs,
@@ -124,6 +127,8 @@ def export_agent(
             "brand": spec.item_brand.tolist(),
             "price": spec.item_price.tolist(),
         }
+        if spec.item_content is not None:  # the model's item vectors were computed from these
+            catalog["content"] = spec.item_content.tolist()
         (staging / "catalog.json").write_text(json.dumps(catalog))
         name = agent_name(type(agent))
         settings = {f.name: getattr(exploration, f.name) for f in fields(exploration)}

@@ -7,6 +7,11 @@ reaches the horizon) are replaced in place by fresh users, so the batch stays fu
 
 Because the step count is part of the observation, reaching the horizon is a true
 terminal: ``done`` rows must not be bootstrapped, and nothing is truncated.
+
+The catalog can change (``env.holdout_items``, ``env.new_item_rate``): ``Shop.item_available``
+[N] bool says which items are in it now (``None``: all, always). It is updated in place as
+new items arrive and when an evaluation calls :meth:`Shop.open_catalog`, so agents built from
+the shop's spec see it change; a slate that shows an item not yet in the catalog is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import torch
 
 from rlrec.config import ConfigError, EnvConfig, env_config_from
 from rlrec.sim import response
-from rlrec.sim.catalog import Catalog, make_catalog
+from rlrec.sim.catalog import (
+    ARRIVAL_STREAM,
+    CONTENT_STREAM,
+    Catalog,
+    make_arrivals,
+    make_catalog,
+    make_content,
+    side_generator,
+)
 from rlrec.sim.users import UserModel, make_user_model
 from rlrec.utils import make_generator, resolve_device, rows
 
@@ -102,7 +115,19 @@ class Shop:
         else:
             catalog, users = make_catalog(cfg, world), make_user_model(cfg, world)
             slot_bias = response.position_bias(cfg.slate_size, cfg)
+        if cfg.content_path is not None:  # a real catalog's content vectors (checked: shape, values, checksum)
+            from rlrec.data.content import load_content
+
+            catalog.content = load_content(cfg.content_path, cfg.n_items, cfg.content_dim, cfg.content_sha256)
+        elif cfg.content_dim > 0:
+            catalog.content = make_content(cfg, catalog, side_generator(CONTENT_STREAM, cfg.seed))
         self.catalog: Catalog = catalog.to(self.device)
+        # When each item enters the catalog (0: from the start); the catalog's clock counts steps.
+        self.arrival = make_arrivals(cfg, cfg.n_items, side_generator(ARRIVAL_STREAM, cfg.seed)).to(self.device)
+        self.catalog_step, self.catalog_open = 0, False
+        changes = cfg.n_new_items > 0
+        self.item_available: torch.Tensor | None = self.arrival.le(0) if changes else None  # [N] bool, live
+        self.item_new: torch.Tensor | None = self.arrival.gt(0) if changes else None  # [N] bool: not there at start
         self.users: UserModel = users.to(self.device)
         self._slot_bias = slot_bias.to(self.device)
         self.generator = make_generator(2 * cfg.seed + 1, self.device)
@@ -152,6 +177,43 @@ class Shop:
         for f in fields(state):
             out[f.name] = getattr(state, f.name).index_copy(0, finished, getattr(fresh, f.name))
         return ShopState(**out)
+
+    # ---------------------------------------------------------------- the catalog
+    @property
+    def item_content(self) -> torch.Tensor | None:
+        """[N, C] the items' content vectors (observable), or None."""
+        return self.catalog.content
+
+    def open_catalog(self, new_only: bool = False) -> Shop:
+        """Put every item in the catalog for good, the held-out ones too (what an evaluation does).
+
+        ``new_only``: the catalog is the new items alone (a cold-start test: every slate shows
+        items the agent may never have seen). It needs a shop with new items.
+        """
+        self.catalog_open = True
+        if new_only:
+            if self.item_new is None or int(self.item_new.sum()) < self.slate_size:
+                n_new = 0 if self.item_new is None else int(self.item_new.sum())
+                raise ConfigError(
+                    f"a catalog of new items only needs at least slate_size = {self.slate_size} of them; this "
+                    f"shop has {n_new} (env.holdout_items = {self.cfg.holdout_items}): raise env.holdout_items."
+                )
+            self.item_available.copy_(self.item_new)  # in place: agents holding the tensor see the change
+        elif self.item_available is not None:
+            self.item_available.fill_(True)
+        return self
+
+    def _advance_catalog(self) -> None:
+        """One step of the catalog's clock: the new items due by now arrive."""
+        self.catalog_step += 1
+        if self.item_available is not None and not self.catalog_open and self.cfg.new_item_rate > 0:
+            torch.le(self.arrival, self.catalog_step, out=self.item_available)
+
+    def restore_catalog(self, catalog_step: int, catalog_open: bool) -> None:
+        """Set the catalog's clock (a resumed run) and the items available at it."""
+        self.catalog_step, self.catalog_open = int(catalog_step), bool(catalog_open)
+        if self.item_available is not None:
+            self.item_available.copy_(self.arrival.le(self.catalog_step) | self.catalog_open)
 
     def reset(self, seed: int | None = None) -> Observation:
         """Start B fresh sessions. ``seed`` reseeds the simulator's generator (not the catalog)."""
@@ -205,6 +267,15 @@ class Shop:
                     f"slate holds item id {bad}, out of range: item ids must be in "
                     f"0..n_items-1 = 0..{self.n_items - 1}."
                 )
+            if self.item_available is not None:
+                shown = self.item_available[slate.long()]
+                if not bool(shown.all()):
+                    bad = int(slate[~shown][0])
+                    raise ValueError(
+                        f"slate shows item {bad}, which is not in the catalog now (a new item yet to arrive, see "
+                        "env.holdout_items): recommend only items whose entry in the shop's item_available "
+                        "(the agent spec's) is true."
+                    )
         return slate.long()
 
     def step(self, slate: torch.Tensor, check: bool | None = None) -> StepResult:
@@ -218,6 +289,7 @@ class Shop:
         uniforms = torch.rand(slate.shape[0], 5, generator=self.generator, device=self.device)
         reached, reward, done, info = self._run_dynamics(slate, uniforms)
         self.state = self._replace_finished(reached, done)
+        self._advance_catalog()
         info["final_obs"] = self.observation(reached)
         return StepResult(self.observation(), reward, done, info)
 
@@ -282,8 +354,9 @@ class Shop:
         return torch.cat(parts, dim=1)
 
     def random_slate(self) -> torch.Tensor:
-        """[B, K] uniformly random slates of distinct items, from the shop's generator."""
-        return random_slates(self.num_users, self.n_items, self.slate_size, self.generator)
+        """[B, K] uniformly random slates of distinct items in the catalog, from the shop's generator."""
+        b, k = self.num_users, self.slate_size
+        return available_random_slates(b, self.item_available, self.n_items, k, self.generator)
 
 
 def dynamics(
@@ -414,3 +487,16 @@ def slates_from_uniforms(n: int, picks: list[torch.Tensor], order: torch.Tensor)
         chosen[:, j] = torch.where(taken, torch.full_like(pick, top), pick)
     # Floyd's order is biased (the last slot is often the largest id); shuffle slots per row.
     return chosen.gather(1, order.argsort(dim=-1))
+
+
+def available_random_slates(
+    b: int, available: torch.Tensor | None, n: int, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[b, k] uniformly random slates of distinct items among those ``available`` ([n] bool; None: all n).
+
+    With every item available it draws exactly what :func:`random_slates` draws.
+    """
+    if available is None:
+        return random_slates(b, n, k, generator)
+    ids = available.nonzero().squeeze(-1)  # one host sync: the catalog's size now
+    return ids[random_slates(b, ids.numel(), k, generator)]

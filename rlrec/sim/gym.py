@@ -11,6 +11,14 @@ the action is an item id (``Discrete(N)``) when the slate size is 1, else a slat
 (``MultiDiscrete([N] * K)``). The vector env resets finished users in the same step
 (``AutoresetMode.SAME_STEP``): the returned observation is the new user's first, and
 ``info["final_obs"]`` (masked by ``info["_final_obs"]``) holds the last one of the old.
+
+The catalog is the same for every user, so it is not part of the per-user observation:
+
+- item content (``env.content_dim`` > 0 or ``env.content_path``): ``info["item_content"]``
+  from ``reset``, an [N, C] float32 array (also ``env.unwrapped.item_content``);
+- new items (``env.holdout_items`` > 0): ``info["item_available"]``, an [N] bool array, from
+  ``reset`` and every ``step`` (new items arrive with ``env.new_item_rate``); an action that
+  shows an item not in the catalog is refused. ``open_catalog()`` puts every item in.
 """
 
 from __future__ import annotations
@@ -64,7 +72,37 @@ def _to_numpy(obs: Observation) -> dict[str, np.ndarray]:
     return {key: value.cpu().numpy().copy() for key, value in obs.items()}  # callers keep what they get
 
 
-class ShopVectorEnv(VectorEnv):
+class _Catalog:
+    """What both adapters expose of the shared catalog: content vectors and the items available now."""
+
+    shop: Shop
+
+    @property
+    def item_content(self) -> np.ndarray | None:
+        """[N, C] float32 content vectors, or None when the shop has none."""
+        content = self.shop.item_content
+        return None if content is None else content.cpu().numpy().astype(np.float32)
+
+    @property
+    def item_available(self) -> np.ndarray | None:
+        """[N] bool: the items in the catalog now, or None when every item always is."""
+        available = self.shop.item_available
+        return None if available is None else available.cpu().numpy().copy()
+
+    def open_catalog(self) -> None:
+        """Put every item in the catalog, the held-out new ones too (what an evaluation does)."""
+        self.shop.open_catalog()
+
+    def _catalog_info(self, reset: bool) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if reset and self.shop.item_content is not None:
+            info["item_content"] = self.item_content
+        if self.shop.item_available is not None:
+            info["item_available"] = self.item_available
+        return info
+
+
+class ShopVectorEnv(_Catalog, VectorEnv):
     """``num_envs`` users of one batched :class:`~rlrec.sim.env.Shop`, as a Gymnasium vector env.
 
     Args:
@@ -87,7 +125,7 @@ class ShopVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._np_random, _ = gymnasium.utils.seeding.np_random(seed)
-        return _to_numpy(self.shop.reset(seed=seed)), {}
+        return _to_numpy(self.shop.reset(seed=seed)), self._catalog_info(reset=True)
 
     def step(self, actions):
         slate = torch.as_tensor(np.asarray(actions), dtype=torch.long, device=self.shop.device)
@@ -101,12 +139,13 @@ class ShopVectorEnv(VectorEnv):
             "rating": info["rating"].cpu().numpy(),
             "final_obs": _to_numpy(info["final_obs"]),
             "_final_obs": done_np,
+            **self._catalog_info(reset=False),
         }
         truncated = np.zeros_like(done_np)  # the step count is observed: the horizon is a true terminal
         return _to_numpy(obs), reward.cpu().numpy().astype(np.float64), done_np, truncated, infos
 
 
-class ShopEnv(gymnasium.Env):
+class ShopEnv(_Catalog, gymnasium.Env):
     """One user at a time: a single-user Gymnasium view of the shop.
 
     Args:
@@ -126,7 +165,7 @@ class ShopEnv(gymnasium.Env):
         if seed is None and not hasattr(self, "_seeded"):
             seed = int(self.np_random.integers(2**31))  # derive from gymnasium's seeding
         self._seeded = True
-        return self._single(self.shop.reset(seed=seed)), {}
+        return self._single(self.shop.reset(seed=seed)), self._catalog_info(reset=True)
 
     def step(self, action):
         slate = torch.as_tensor(np.asarray(action), dtype=torch.long).reshape(1, -1)
@@ -137,6 +176,7 @@ class ShopEnv(gymnasium.Env):
             "click": bool(info["click"][0]),
             "purchase": bool(info["purchase"][0]),
             "rating": int(info["rating"][0]),
+            **self._catalog_info(reset=False),
         }
         return obs, float(reward[0]), bool(done[0]), False, extra
 

@@ -20,9 +20,16 @@ from rlrec.sim import response
 from rlrec.sim.env import Observation, Shop
 
 
+def in_catalog(shop: Shop, scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` [B, N] with the items not in the shop's catalog now set to -inf."""
+    if shop.item_available is None:
+        return scores
+    return scores.masked_fill(~shop.item_available, float("-inf"))
+
+
 def myopic_slate(shop: Shop) -> torch.Tensor:
     """[B, K] the K items with the highest true expected immediate reward for each user."""
-    return shop.expected_item_reward().topk(shop.slate_size, dim=1).indices
+    return in_catalog(shop, shop.expected_item_reward()).topk(shop.slate_size, dim=1).indices
 
 
 def quality_aware_slate(shop: Shop) -> torch.Tensor:
@@ -36,7 +43,7 @@ def quality_aware_slate(shop: Shop) -> torch.Tensor:
     ratings = response.rating_probs(catalog.quality.expand_as(fit), fit, cfg)
     net_good = ratings[..., cfg.good_rating - 1 :].sum(-1) - ratings[..., : cfg.bad_rating].sum(-1)
     score = shop.expected_item_reward() * net_good.clamp_min(0.0)
-    return score.topk(shop.slate_size, dim=1).indices
+    return in_catalog(shop, score).topk(shop.slate_size, dim=1).indices
 
 
 YARDSTICKS: dict[str, Callable[[Shop], torch.Tensor]] = {

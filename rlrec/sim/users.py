@@ -32,6 +32,8 @@ class UserModel:
     price_sensitivity_noise: float
     # [n_segments] how often each feature combination arrives (segment_index order); None: uniform
     segment_probs: torch.Tensor | None = None
+    # [A] how often each age band arrives (env.age_mix), the other columns uniform; None: uniform
+    age_probs: torch.Tensor | None = None
 
     @property
     def n_segments(self) -> int:
@@ -58,7 +60,11 @@ class UserModel:
             segment = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.numel() - 1)
             return self.segment_features()[segment]
         sizes = torch.tensor(self.feature_sizes, device=u.device, dtype=torch.float32)
-        return (u * sizes).long()
+        features = (u * sizes).long()
+        if self.age_probs is not None:  # the same uniform, through the tilted age distribution's inverse CDF
+            cdf = self.age_probs.cumsum(0)
+            features[:, 0] = torch.searchsorted(cdf, u[:, 0].contiguous(), right=True).clamp_max(cdf.numel() - 1)
+        return features
 
     def traits(self, features: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden (preference [n, D] unit vectors, price_sensitivity [n]) of users with ``features``.
@@ -105,9 +111,15 @@ class UserModel:
 
 
 def make_user_model(cfg: EnvConfig, generator: torch.Generator) -> UserModel:
-    """Draw the feature effects from ``generator`` (on CPU, identical on every device)."""
+    """Draw the feature effects from ``generator`` (on CPU, identical on every device).
+
+    With ``cfg.user_seed`` set they come from a generator of their own instead: another
+    population of customers for the same catalog.
+    """
+    from rlrec.sim.catalog import USER_STREAM, side_generator
+
     d = cfg.latent_dim
-    g = generator
+    g = generator if cfg.user_seed is None else side_generator(USER_STREAM, cfg.user_seed)
     # Age and region carry most of the signal; gender a little. Scales are relative to the
     # unit-norm result, so they set how much each feature says about the preference.
     age_effect = torch.randn(cfg.n_age_bands, d, generator=g) / d**0.5
@@ -123,4 +135,13 @@ def make_user_model(cfg: EnvConfig, generator: torch.Generator) -> UserModel:
         age_price_sensitivity=cfg.price_sensitivity_mean * ramp,
         preference_noise=cfg.preference_noise,
         price_sensitivity_noise=cfg.price_sensitivity_noise,
+        age_probs=age_mix_probs(cfg.age_mix, cfg.n_age_bands),
     )
+
+
+def age_mix_probs(tilt: float, n_age_bands: int) -> torch.Tensor | None:
+    """[A] arrival probabilities of the age bands, ``exp(-tilt * b / (A - 1))`` normalised; None when uniform."""
+    if tilt == 0 or n_age_bands == 1:
+        return None
+    weights = torch.exp(-tilt * torch.linspace(0.0, 1.0, n_age_bands, dtype=torch.float64))
+    return (weights / weights.sum()).float()

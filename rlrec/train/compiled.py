@@ -108,6 +108,17 @@ class TrainStep:
                 f"trainer.compile = true runs the DQN's training step, and this agent is a {type(agent).__name__}: "
                 "use agent=dqn or set trainer.compile=false."
             )
+        if shop.item_available is not None:
+            raise ConfigError(
+                f"trainer.compile = true runs on a fixed catalog, and this shop's changes (env.holdout_items = "
+                f"{shop.cfg.holdout_items}, env.new_item_rate = {shop.cfg.new_item_rate}): set env.holdout_items=0 "
+                "or trainer.compile=false."
+            )
+        if agent.hp.dropout > 0 or agent.hp.id_dropout > 0:  # dropout draws from a generator, which a graph cannot
+            raise ConfigError(
+                f"trainer.compile = true does not take dropout (agent.dropout = {agent.hp.dropout}, agent.id_dropout "
+                f"= {agent.hp.id_dropout}): set both to 0 or trainer.compile=false."
+            )
         self.shop, self.agent, self.tracker = shop, agent, tracker
         self.hp, self.device = agent.hp, shop.device
         buffer: ReplayBuffer = agent.buffer

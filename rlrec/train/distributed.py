@@ -161,6 +161,11 @@ def wrap_agent(agent: Any, world: World) -> None:
             f"trainer.distributed = true trains agents with a Q network (agent=dqn); this agent is a "
             f"{type(agent).__name__}: use agent=dqn or set trainer.distributed=false."
         )
+    if agent.spec.item_available is not None:  # each rank's network would learn other ids (the known items)
+        raise ConfigError(
+            "trainer.distributed = true trains on a fixed catalog, and this shop's changes (env.holdout_items > 0): "
+            "set env.holdout_items=0 or trainer.distributed=false."
+        )
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [world.device.index] if world.device is not None and world.device.type == "cuda" else None

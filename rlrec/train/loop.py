@@ -3,8 +3,10 @@
 :func:`train_steps` is the bare loop (tests and benchmarks use it). :func:`train` is what
 ``python train.py`` runs: it checks the whole config, builds the shop and the agent, resumes
 from a checkpoint when there is one, logs to TensorBoard (every step counted in user-steps),
-checkpoints atomically, stops on divergence, and ends with an evaluation whose mean session
-return it returns (so Hydra sweepers can optimise it).
+checkpoints atomically, validates every ``trainer.val_every`` steps in a validation shop
+(``eval/val_return``; the best checkpoint so far is kept as ``best.pt``), stops on divergence,
+and ends with an evaluation whose mean session return it returns (so Hydra sweepers can
+optimise it). The final evaluation opens the catalog: new items held out in training are in it.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ from omegaconf import DictConfig, OmegaConf
 from rlrec.agents import agent_name, build_agent
 from rlrec.agents.base import Agent, AgentSpec, make_transition
 from rlrec.config import LoggerConfig, TrainerConfig, build_config, env_config_from, require
-from rlrec.eval.rollout import METRICS, compare_policies, make_baselines
+from rlrec.eval.rollout import METRICS, compare_policies, make_baselines, run_sessions
+from rlrec.eval.shifts import check_same_catalog, shop_config
 from rlrec.sim.env import Shop
 from rlrec.train.compiled import TrainStep
 from rlrec.train.distributed import World, init_world, wrap_agent
 from rlrec.train.logged import check_logged_agent, logged_rows, train_logged_steps
 from rlrec.train.run import (
+    BEST_NAME,
     CHECKPOINT_NAME,
     FORMAT,
     RunError,
+    catalog_fingerprint,
+    check_catalog,
     check_resume,
     env_fingerprint,
     load_checkpoint,
@@ -59,9 +65,12 @@ def train_steps(
     """Run environment steps ``start .. env_steps - 1`` of collection and learning.
 
     ``on_step(step, metrics, result)`` is called after each step (logging, checkpoints).
-    The shop is not reset: a second call continues the same sessions. The agent's slates are
-    not checked (``env.check_actions``): they are ids it drew from the catalog.
+    The shop is not reset: a second call continues the same sessions. The agent recommends
+    from the shop's catalog (``shop.item_available``); its slates are not checked
+    (``env.check_actions``): they are ids it drew from the catalog.
     """
+    if hasattr(agent, "use_catalog"):
+        agent.use_catalog(shop.item_available)
     obs = shop.observation()
     # Agents with an asymmetric critic (rlrec/agents/pg.py) also get the users' hidden satisfaction
     # before and after the step; only their training reads it, never their acting.
@@ -179,6 +188,11 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
     agent = build_agent(cfg.agent, AgentSpec.from_shop(shop), seed=world.seed(seed), device=str(shop.device))
     b = shop.num_users
     users = b * world.size  # users served per environment step, over all ranks (SPS and TensorBoard steps)
+    val_shop = None
+    if tcfg.val_every:  # same catalog, other users (or a shifted shop); built now, so that a bad one fails first
+        val_shop = Shop(shop_config(env_cfg, tcfg.val_shop, tcfg.val_user_seed), num_users=tcfg.val_users)
+        check_same_catalog(catalog_fingerprint(shop), val_shop, tcfg.val_shop)
+    best = {"return": -math.inf, "step": None}  # the best validation so far (kept in checkpoints)
 
     start, ckpt_path, changes = 0, run_dir / CHECKPOINT_NAME, []
     resume_from = None
@@ -190,6 +204,8 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         changes = saved.get("config_changes", []) + check_resume(saved, cfg, resume_from, world.size)
+        check_catalog(saved, shop, resume_from)
+        best.update(saved.get("validation") or {})
         mine = saved if world.rank == 0 else saved["ranks"][world.rank - 1]  # rank r's sessions and replay
         agent.load_state_dict(move_to(mine["agent"], shop.device))
         restore_shop_state(shop, mine["shop"])
@@ -246,30 +262,51 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
             "env.w_* reward weights."
         )
 
-    def checkpoint(step_done: int) -> None:
+    def run_state(step_done: int) -> dict[str, Any] | None:
+        """The checkpoint of the run after ``step_done`` env steps (every rank takes part); None off rank 0."""
         state = agent.state_dict()
         if not world.all_true(_all_finite(state)):
             raise diverged(f"by env step {step_done}: the agent's parameters hold NaN or infinite values")
         # Every rank's sessions and replay, gathered into rank 0's file (through the CPU).
         ranks = world.gather(move_to({"agent": state, "shop": shop_state(shop)}, "cpu")) if world.size > 1 else []
-        if world.is_main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "format": FORMAT,
-                    "env_step": step_done,
-                    "num_users": b,
-                    "world_size": world.size,
-                    "agent": state,
-                    "shop": shop_state(shop),
-                    **({"ranks": ranks[1:]} if world.size > 1 else {}),
-                    "agent_target": str(cfg.agent._target_),
-                    "env_fingerprint": env_fingerprint(env_cfg),
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "config_changes": changes,
-                },
-            )
+        if not world.is_main:
+            return None
+        return {
+            "format": FORMAT,
+            "env_step": step_done,
+            "num_users": b,
+            "world_size": world.size,
+            "agent": state,
+            "shop": shop_state(shop),
+            **({"ranks": ranks[1:]} if world.size > 1 else {}),
+            "agent_target": str(cfg.agent._target_),
+            "env_fingerprint": env_fingerprint(env_cfg),
+            "catalog_fingerprint": catalog_fingerprint(shop),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config_changes": changes,
+            "validation": dict(best),
+        }
+
+    def checkpoint(step_done: int) -> None:
+        state = run_state(step_done)
+        if state is not None:
+            save_checkpoint(ckpt_path, state)
         last["checkpoint"] = step_done
+
+    def validate(step_done: int) -> None:
+        """Play the greedy policy in the validation shop (its catalog as the training shop's now); keep the best."""
+        val_shop.restore_catalog(shop.catalog_step, shop.catalog_open)
+        exploration = agent.generator.get_state() if hasattr(agent, "generator") else None
+        value = float(run_sessions(val_shop, agent, seed=tcfg.val_seed).session_return.mean())
+        if exploration is not None:  # validating must not change what training does next
+            agent.generator.set_state(exploration)
+        if writer is not None:
+            writer.add_scalar("eval/val_return", value, step_done * users)
+        if value > best["return"]:  # every rank validates the same parameters on the same users: they agree
+            best.update({"return": value, "step": step_done})
+            state = run_state(step_done)
+            if state is not None:
+                save_checkpoint(run_dir / BEST_NAME, state)
 
     def on_step(step: int, metrics: dict[str, torch.Tensor], result: Any) -> None:
         if result is not None:  # (the compiled step feeds the tracker inside its graph)
@@ -296,6 +333,8 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
                 SPS=f"{scalars['charts/SPS']:,.0f}", ret=f"{scalars.get('charts/episodic_return', float('nan')):.2f}"
             )
         bar.update(1)
+        if val_shop is not None and (done_steps % tcfg.val_every == 0 or done_steps == tcfg.env_steps):
+            validate(done_steps)
         if tcfg.checkpoint_every and done_steps % tcfg.checkpoint_every == 0 and done_steps < tcfg.env_steps:
             checkpoint(done_steps)
 
@@ -315,7 +354,7 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
     if not world.is_main:
         return float("nan")
 
-    eval_shop = Shop(env_cfg, num_users=tcfg.eval_users)
+    eval_shop = Shop(env_cfg, num_users=tcfg.eval_users).open_catalog()
     policies = {"trained": agent, **make_baselines(tcfg.eval_baselines, eval_shop, seed)}
     results = compare_policies(eval_shop, policies, seed=tcfg.eval_seed)
     summary = results["trained"]
@@ -346,4 +385,6 @@ def _train(cfg: DictConfig, run_dir: str | Path | None, world: World) -> float:
     log.info("final evaluation, %d sessions each, %s (95%% CI):", tcfg.eval_users, METRICS["episodic_return"])
     for label, result in results.items():
         log.info("  %14s: %.3f ± %.3f", label, result["episodic_return"]["mean"], result["episodic_return"]["ci95"])
+    if best["step"] is not None:
+        log.info("best validation return %.3f at env step %d: %s", best["return"], best["step"], run_dir / BEST_NAME)
     return float(summary["episodic_return"]["mean"])

@@ -1,6 +1,7 @@
 """The run format: checkpoints (atomic save, load), the env fingerprint, resume checks, loading a run.
 
-A run directory holds ``checkpoint.pt`` (written by :func:`save_checkpoint`), ``.hydra/`` (the
+A run directory holds ``checkpoint.pt`` (written by :func:`save_checkpoint`), ``best.pt`` (the
+checkpoint that scored best on the validation shop, with ``trainer.val_every``), ``.hydra/`` (the
 run's config), TensorBoard events and reports. Training, evaluation and serving read a run
 through :func:`load_run`; training resumes through :func:`check_resume`.
 """
@@ -21,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from rlrec.config import env_config_from
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "rlrec-2"
+BEST_NAME = "best.pt"
+FORMAT = "rlrec-3"  # rlrec-3: the catalog fingerprint, the catalog's clock, the agents' known-item masks
 
 RUNTIME_KEYS = {
     "trainer.env_steps",
@@ -33,6 +35,10 @@ RUNTIME_KEYS = {
     "trainer.resume",
     "trainer.allow_config_change",
     "trainer.progress",
+    "trainer.val_every",
+    "trainer.val_users",
+    "trainer.val_seed",
+    "trainer.val_shop",
     "trainer.compile",
     "trainer.compile_mode",
     "trainer.distributed",
@@ -79,7 +85,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def remove_orphan_temp_files(run_dir: Path) -> list[Path]:
     """Delete temp files left by checkpoint writes that were killed (never the checkpoint itself)."""
-    orphans = sorted(Path(run_dir).glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    orphans = sorted(p for name in (CHECKPOINT_NAME, BEST_NAME) for p in Path(run_dir).glob(f".{name}.*.tmp"))
     for orphan in orphans:
         orphan.unlink(missing_ok=True)
     return orphans
@@ -138,6 +144,29 @@ def env_fingerprint(env_cfg: Any) -> str:
     values = {f.name: getattr(env_cfg, f.name) for f in fields(env_cfg)}
     shop = {k: v for k, v in values.items() if k not in ("num_users", "device", "check_actions", "compile")}
     return hashlib.sha256(json.dumps(shop, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def catalog_fingerprint(shop: Any) -> str:
+    """A hash of what the agent knows of the shop's items: category, brand, price, content vectors and
+    when each item enters the catalog. It catches a content file that changed under a run."""
+    catalog = shop.catalog
+    digest = hashlib.sha256()
+    for tensor in (catalog.category, catalog.brand, catalog.price, catalog.content, shop.arrival):
+        if tensor is not None:
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_catalog(saved: dict[str, Any], shop: Any, path: Path) -> None:
+    """Refuse a shop whose items differ from those the checkpoint at ``path`` was trained with."""
+    if saved.get("catalog_fingerprint") != catalog_fingerprint(shop):
+        cfg = shop.cfg
+        source = f"the content file {cfg.content_path}" if cfg.content_path else "the catalog"
+        raise CheckpointError(
+            f"checkpoint {path} was trained on another catalog than the one its config builds now: "
+            f"{source} changed (item features, content vectors or new items differ). Restore the "
+            "file the run was trained with (env.content_sha256 pins it), or train afresh."
+        )
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -216,6 +245,7 @@ def load_run(path: str | Path, **env_overrides: Any) -> LoadedRun:
     if env_fingerprint(env_cfg) != saved["env_fingerprint"]:
         raise CheckpointError(f"checkpoint {path} does not match its own env config; it was edited or damaged.")
     shop = Shop(env_cfg)
+    check_catalog(saved, shop, path)
     agent = build_agent(
         cfg.agent,
         AgentSpec.from_shop(shop, num_users=int(saved["num_users"])),
@@ -227,8 +257,13 @@ def load_run(path: str | Path, **env_overrides: Any) -> LoadedRun:
 
 
 def shop_state(shop: Any) -> dict[str, Any]:
-    """What a resume needs of the shop: its sessions' state and its generator."""
-    return {"state": vars(shop.state), "generator": shop.generator.get_state()}
+    """What a resume needs of the shop: its sessions' state, its generator and its catalog's clock."""
+    return {
+        "state": vars(shop.state),
+        "generator": shop.generator.get_state(),
+        "catalog_step": shop.catalog_step,
+        "catalog_open": shop.catalog_open,
+    }
 
 
 def restore_shop_state(shop: Any, saved: dict[str, Any]) -> None:
@@ -236,3 +271,4 @@ def restore_shop_state(shop: Any, saved: dict[str, Any]) -> None:
 
     shop.state = ShopState(**{k: v.to(shop.device) for k, v in saved["state"].items()})
     shop.generator.set_state(saved["generator"])
+    shop.restore_catalog(saved["catalog_step"], saved["catalog_open"])
