@@ -22,7 +22,7 @@ from rlrec.agents.pg import (
     topk_corrected_loss,
     topk_multiplier,
 )
-from rlrec.config import env_preset
+from rlrec.config import ConfigError, env_preset
 from rlrec.eval.sim_report import read_scalars
 from rlrec.sim.env import Shop
 from rlrec.sim.tabular import evaluate_policy, greedy_policy_value, n_slates, start_value
@@ -345,3 +345,18 @@ def test_train_reinforce_off_policy_from_the_service_log(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["agent"]["updates"] == 4
     proc = run("train.py", *args, "env.n_items=41", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "logs a catalog of 40 items" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("cls", [ReinforceAgent, PPOAgent])
+def test_pg_agents_refuse_a_changing_catalog_and_act_only_on_the_catalog_they_are_given(cls):
+    """Trained on a fixed catalog; evaluated on a smaller one, they show only its items."""
+    changing = Shop(env_preset("default", device="cpu", num_users=16, n_items=40, holdout_items=0.25))
+    with pytest.raises(ConfigError, match="trains on a fixed catalog"):
+        cls(AgentSpec.from_shop(changing), seed=0, device="cpu")
+    shop = Shop(env_preset("default", device="cpu", num_users=16, n_items=40))
+    agent = cls(AgentSpec.from_shop(shop), seed=0, device="cpu")
+    available = torch.arange(40) % 4 == 0  # 10 items
+    agent.use_catalog(available)
+    obs = shop.reset(seed=0)
+    for explore in (False, True):
+        assert bool(available[agent.act(obs, explore=explore)].all())

@@ -43,7 +43,7 @@ from torch import nn
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition
 from rlrec.agents.nets import HistoryEncoder, ItemTower, UserTower, mlp
-from rlrec.config import param, probability
+from rlrec.config import ConfigError, param, probability
 from rlrec.sim.env import Observation
 from rlrec.utils import make_generator
 
@@ -205,10 +205,20 @@ class OnPolicyAgent(AgentBase):
         self.transitions_seen = 0
         self.updates = 0
 
+    def check_spec(self, spec: AgentSpec) -> None:
+        # The policy's softmax (and PPO's stored log-probabilities) are over the whole catalog: a
+        # catalog that changes while training would need the same mask in every stored step.
+        if spec.item_available is not None:
+            raise ConfigError(
+                f"{type(self).__name__} trains on a fixed catalog, and this shop's catalog changes "
+                "(env.holdout_items or env.new_item_rate > 0): set both to 0, or train agent=dqn for new items "
+                "(a trained policy may still be evaluated on another catalog)."
+            )
+
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs: Observation, explore: bool = False) -> torch.Tensor:
-        logits = self.net(obs)
+        logits = self.mask_unavailable(self.net(obs))  # evaluated on another catalog: only its items
         k = self.spec.slate_size
         if not explore:
             return logits.topk(k, dim=1).indices
