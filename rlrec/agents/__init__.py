@@ -17,6 +17,7 @@ AGENTS: dict[str, str] = {
     "bandit": "rlrec.agents.baselines.BanditAgent",
     "tabular_q": "rlrec.agents.tabular_q.TabularQAgent",
     "dqn": "rlrec.agents.dqn.DQNAgent",
+    "slateq": "rlrec.agents.slateq.SlateQAgent",
 }
 """``agent=<name>`` on the command line -> the class. The names are the same everywhere
 (configs, reports, benchmarks). Privileged yardsticks are not agents: see

@@ -34,7 +34,7 @@ class DQNConfig:
     """Hyperparameters of :class:`DQNAgent` (``agent=dqn``)."""
 
     head: str = param("dot", choices=("dot", "mlp", "tabular"))  # Q head (see rlrec.agents.nets.QNetwork)
-    history: str = param("mean", choices=("mean", "gru", "none"))  # history encoder
+    history: str = param("mean", choices=("mean", "gru", "flat", "none"))  # history encoder (rlrec.agents.nets)
     embed_dim: int = param(32, ge=1)  # width of every embedding
     hidden_dim: int = param(64, ge=1)  # width of the state and item vectors
     lr: float = param(1e-3, gt=0)  # optimiser learning rate
