@@ -175,6 +175,20 @@ def test_slateq_resume_after_sigkill_is_exact(tmp_path):
     assert torch.equal(_slateq_params(straight), _slateq_params(killed))
 
 
+def test_learning_benchmark_rows_come_from_the_registry_and_budgets_from_conf():
+    """Every registered agent that fits the default shop is a row, beside the yardsticks; budgets are
+    conf/experiment/learn_<agent>.yaml (what ``python train.py experiment=learn_<agent>`` trains)."""
+    from benchmarks.learning import budget, default_policies
+
+    rows = default_policies()
+    assert rows[:2] == ("myopic_oracle", "quality_aware")
+    assert set(rows[2:]) == set(AGENTS) - {"tabular_q"}  # tabular Q needs an enumerable shop
+    assert budget("slateq") == (1024, 1953, {})
+    users, steps, hyperparameters = budget("dqn")
+    assert (users, steps, hyperparameters["n_step"], hyperparameters["target_update_interval"]) == (1024, 7812, 3, 50)
+    assert budget("bandit") == (256, 3000, {}) and budget("slateq", steps=10, train_users=8) == (8, 10, {})
+
+
 # ----------------------------------------------------------------------------- against the exact MDP
 def _train_on(preset, num_users, steps, seed, **hyperparameters):
     over = {"slate_size": 2} if preset == "tiny2" else {}
