@@ -10,7 +10,7 @@ from test_workflow import FAST, run
 
 from rlrec.agents import AGENTS, build_agent
 from rlrec.agents.base import AgentSpec, make_transition
-from rlrec.agents.slateq import SlateQAgent, best_slates, slate_value
+from rlrec.agents.slateq import SlateQAgent, best_slates, explore_slots, slate_value
 from rlrec.config import ConfigError, env_preset
 from rlrec.sim.env import Shop
 from rlrec.sim.tabular import agent_policy, all_slates, greedy_policy_value, occupancy
@@ -71,6 +71,17 @@ def test_slate_optimisers_against_every_ordered_slate(seed):
         assert bool((value <= brute + 1e-5).all())
     _, greedy = best_slates(logv, q, q0, k, offsets, method="greedy")
     assert float((greedy >= brute - 1e-5).float().mean()) > 0.5, "greedy is usually optimal on small problems"
+
+
+@pytest.mark.parametrize("whole_rows", [False, True])
+def test_exploration_replaces_slots_and_keeps_the_items_of_a_slate_distinct(whole_rows):
+    g = torch.Generator().manual_seed(0)
+    greedy = torch.arange(3).expand(4096, 3)
+    assert torch.equal(explore_slots(greedy, 5, 0.0, g, whole_rows), greedy)
+    slate = explore_slots(greedy, 5, 1.0, g, whole_rows)  # 5 items: random picks often collide
+    assert bool((slate.sort(1).values.diff(1) > 0).all()), "a slate's items are distinct"
+    assert float((slate != greedy).any(1).float().mean()) > 0.5
+    assert bool((slate >= 3).any(1).float().mean() > 0.5), "random items from the whole catalog"
 
 
 # ----------------------------------------------------------------------------- the agent
