@@ -16,8 +16,9 @@ Training budgets. Each agent's budget is its ``conf/experiment/learn_<agent>.yam
 step (``env.num_users``), environment steps (``trainer.env_steps``) and hyperparameters set there
 (``agent:``), on top of the agent's defaults; ``python train.py experiment=learn_<agent>`` trains one
 seed of the same. An agent without that file trains ``--steps`` x ``--train-users`` with its
-defaults. ``--steps`` / ``--train-users`` given on the command line replace every agent's budget;
-``--set name.key=value`` overrides a hyperparameter.
+defaults. ``--steps`` / ``--train-users`` given on the command line replace every agent's budget, its
+settings included (the agents' defaults, as ``python train.py agent=<name>``); ``--set
+name.key=value`` overrides a hyperparameter.
 
 Prints a table and writes JSON ``{"config", "policies": {name: {"return_mean", "return_ci95",
 "ratio_to_quality_aware", "seed_means", "train_wall_s_per_seed", "train_wall_s" (per seed),
@@ -67,6 +68,8 @@ def budget(name: str, steps: int | None = None, train_users: int | None = None) 
 
     path = BUDGETS / f"learn_{name}.yaml"
     cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if steps is not None or train_users is not None:  # the command line replaces the whole budget
+        cfg = {}
     users = (cfg.get("env") or {}).get("num_users", DEFAULT_TRAIN_USERS)
     env_steps = (cfg.get("trainer") or {}).get("env_steps", DEFAULT_STEPS)
     return (

@@ -198,6 +198,7 @@ def test_learning_benchmark_rows_come_from_the_registry_and_budgets_from_conf():
     users, steps, hyperparameters = budget("dqn")
     assert (users, steps, hyperparameters["n_step"], hyperparameters["target_update_interval"]) == (1024, 7812, 3, 50)
     assert budget("bandit") == (256, 3000, {}) and budget("slateq", steps=10, train_users=8) == (8, 10, {})
+    assert budget("dqn", steps=3000) == (256, 3000, {}), "--steps replaces the whole budget: the agent's defaults"
 
 
 # ----------------------------------------------------------------------------- against the exact MDP
