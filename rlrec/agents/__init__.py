@@ -19,6 +19,7 @@ AGENTS: dict[str, str] = {
     "dqn": "rlrec.agents.dqn.DQNAgent",
     "reinforce": "rlrec.agents.pg.ReinforceAgent",
     "ppo": "rlrec.agents.pg.PPOAgent",
+    "slateq": "rlrec.agents.slateq.SlateQAgent",
 }
 """``agent=<name>`` on the command line -> the class. The names are the same everywhere
 (configs, reports, benchmarks). Privileged yardsticks are not agents: see

@@ -39,7 +39,7 @@ class DQNConfig:
     """Hyperparameters of :class:`DQNAgent` (``agent=dqn``)."""
 
     head: str = param("dot", choices=("dot", "mlp", "tabular"))  # Q head (see rlrec.agents.nets.QNetwork)
-    history: str = param("mean", choices=("mean", "gru", "none"))  # history encoder
+    history: str = param("mean", choices=("mean", "gru", "flat", "none"))  # history encoder (rlrec.agents.nets)
     embed_dim: int = param(32, ge=1)  # width of every embedding
     hidden_dim: int = param(64, ge=1)  # width of the state and item vectors
     lr: float = param(1e-3, gt=0)  # optimiser learning rate
@@ -49,12 +49,14 @@ class DQNConfig:
     batch_size: int = param(512, ge=1)  # transitions per gradient step
     learning_starts: int = param(5_000, ge=0)  # transitions collected before the first update
     updates_per_step: int = param(1, ge=0)  # gradient steps per environment step (of B transitions)
-    target_update_interval: int = param(250, ge=1)  # updates between hard target copies (when tau = 1)
+    # updates between hard target copies (when tau = 1). At K = 1 the DQN learns the long-term effect only with
+    # 50 and n_step 3 (conf/experiment/learn_dqn.yaml), which does no worse at K = 5 (README "Results")
+    target_update_interval: int = param(250, ge=1)
     tau: float = param(1.0, gt=0, le=1)  # Polyak factor of the target update; 1.0 means hard copies
     double_dqn: bool = True  # choose the next action with the online net, value it with the target net
     loss: str = param("huber", choices=("huber", "mse"))  # "mse" is 0.5 * squared TD error
     max_grad_norm: float = param(10.0, ge=0)  # gradient-norm clipping (0 turns it off)
-    n_step: int = param(1, ge=1)  # n-step returns from the replay buffer (1: ordinary DQN)
+    n_step: int = param(1, ge=1)  # n-step returns from the replay buffer (1: ordinary DQN; see target_update_interval)
     eps_start: float = probability(1.0)  # linear epsilon schedule over transitions: start,
     eps_end: float = probability(0.05)  # end,
     exploration_steps: int = param(200_000, ge=0)  # and its length in transitions

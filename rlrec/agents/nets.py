@@ -1,4 +1,4 @@
-"""Neural pieces of the agents: user tower, history encoder, item tower and Q heads.
+"""Neural pieces of the agents: user tower, history encoder, state encoder, item tower and heads.
 
 The network scores every item at once. A state vector comes from the user tower (user
 features, step, satisfaction when observed) and the history encoder; item vectors come
@@ -16,6 +16,9 @@ a zero id embedding and bias, that is from their features and content alone. ``i
 zeroes random items' ids during training, so the network learns to score an item without
 its id. Dropout (``dropout``, ``id_dropout``) draws from an explicit generator passed to
 ``forward(obs, noise=...)``: on in training only, and reproducible on resume.
+
+:class:`StateEncoder` and :class:`ItemScorer` are the same pieces as the slate and
+policy-gradient agents use them (SlateQ's heads, the policies' logits).
 """
 
 from __future__ import annotations
@@ -89,7 +92,13 @@ class UserTower(nn.Module):
 
 
 class HistoryEncoder(nn.Module):
-    """Embeds recent (item, response) pairs and pools them: a masked mean, or a GRU.
+    """Embeds recent (item, response) pairs: a masked mean, a GRU, or ``"flat"``.
+
+    Each step's vector is the item embedding modulated by the response code's. ``"mean"``
+    pools them (order and counts are lost), ``"gru"`` reads them in order, and ``"flat"``
+    keeps every position apart (each step's item x code vector and its code's own embedding,
+    concatenated in order), so the latest response (a bad rating, an ignored slate) stays
+    readable instead of being averaged away. ``out_dim`` is the output width.
 
     An item is its id embedding (zero for items whose id is not ``known``) plus, with
     ``use_content``, a learned projection of its content vector.
@@ -106,6 +115,8 @@ class HistoryEncoder(nn.Module):
             padded = torch.cat([standardised_content(spec), torch.zeros(1, spec.content_dim)])  # the pad: no content
             self.register_buffer("item_content", padded)
             self.content = nn.Linear(spec.content_dim, dim)
+        self.code_alone = nn.Embedding(response.N_RESPONSE_CODES, dim) if kind == "flat" else None
+        self.out_dim = 2 * dim * spec.history_len if kind == "flat" else dim
 
     def forward(self, obs: Observation, known: torch.Tensor | None = None) -> torch.Tensor:
         items = obs["history_items"]
@@ -114,6 +125,8 @@ class HistoryEncoder(nn.Module):
         if self.content is not None:
             vectors = vectors + self.content(self.item_content[items])
         steps = vectors * self.code(obs["history_codes"])  # the response modulates the item
+        if self.code_alone is not None:
+            return torch.cat([steps, self.code_alone(obs["history_codes"])], -1).flatten(1)
         if self.gru is not None:
             return self.gru(steps)[1].squeeze(0)
         present = (obs["history_codes"] != response.PAD).unsqueeze(-1).float()
@@ -123,6 +136,53 @@ class HistoryEncoder(nn.Module):
 def rows_known(known: torch.Tensor, items: torch.Tensor, pad: int) -> torch.Tensor:
     """``known[items]`` for item ids that may be the padding id ``pad`` (= N; counted as known)."""
     return torch.cat([known, known.new_ones(1)])[items]
+
+
+class StateEncoder(nn.Module):
+    """``forward(obs) -> [B, hidden_dim]``: user tower and history encoder, then an MLP (ReLU after).
+
+    Args:
+        spec: what the shop shows agents.
+        embed_dim, hidden_dim: embedding width and output width.
+        history: ``"flat"``, ``"mean"``, ``"gru"`` (:class:`HistoryEncoder`) or ``"none"``.
+        extra_inputs: width of an extra input vector concatenated before the MLP (an asymmetric
+            critic's privileged features, say); ``forward(obs, extra)`` then takes it.
+    """
+
+    def __init__(
+        self, spec: AgentSpec, embed_dim: int, hidden_dim: int, history: str = "flat", extra_inputs: int = 0
+    ) -> None:
+        super().__init__()
+        self.user = UserTower(spec, embed_dim)
+        self.history = HistoryEncoder(spec, embed_dim, history) if history != "none" else None
+        width = UserTower.out_dim(spec, embed_dim) + (self.history.out_dim if self.history is not None else 0)
+        self.net = mlp([width + extra_inputs, hidden_dim, hidden_dim])
+        self.out_dim = hidden_dim
+
+    def forward(self, obs: Observation, extra: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.user(obs)] + ([self.history(obs)] if self.history is not None else [])
+        if extra is not None:
+            parts.append(extra)
+        return torch.relu(self.net(torch.cat(parts, -1)))
+
+
+class ItemScorer(nn.Module):
+    """``score[b, i] = proj(state[b]) . item[i] + bias[i]``: one matrix product for all N items.
+
+    ``forward(state, items)`` scores every item ([B, N]); with ``ids`` [B, M] it scores each
+    row's own M items ([B, M]), e.g. the items of the slate that row was shown.
+    """
+
+    def __init__(self, state_dim: int, item_dim: int, n_items: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(state_dim, item_dim)
+        self.bias = nn.Parameter(torch.zeros(n_items))
+
+    def forward(self, state: torch.Tensor, items: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.proj(state)
+        if ids is None:
+            return z @ items.T + self.bias
+        return torch.einsum("bd,bmd->bm", z, items[ids]) + self.bias[ids]
 
 
 class ItemTower(nn.Module):
@@ -183,7 +243,7 @@ class QNetwork(nn.Module):
         head: ``"dot"`` (state . item + bias), ``"mlp"`` (an MLP on [state, item] pairs; B x N
             evaluations, for small catalogs) or ``"tabular"`` (a one-hot linear table over the
             enumerable shop's states; no features).
-        history: ``"mean"``, ``"gru"`` or ``"none"`` (ignore the history).
+        history: ``"mean"``, ``"gru"``, ``"flat"`` (see :class:`HistoryEncoder`) or ``"none"`` (ignore the history).
         embed_dim: width of every embedding.
         hidden_dim: width of the state and item vectors.
         dropout: dropout of the hidden units of the state and item MLPs (in training).
@@ -213,7 +273,7 @@ class QNetwork(nn.Module):
             return
         self.user = UserTower(spec, embed_dim)
         self.history = HistoryEncoder(spec, embed_dim, history, use_content) if history != "none" else None
-        state_in = UserTower.out_dim(spec, embed_dim) + (embed_dim if self.history is not None else 0)
+        state_in = UserTower.out_dim(spec, embed_dim) + (self.history.out_dim if self.history is not None else 0)
         self.state_net = mlp([state_in, hidden_dim, hidden_dim])
         self.items = ItemTower(spec, embed_dim, hidden_dim, use_content)
         if head == "dot":
