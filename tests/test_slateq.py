@@ -242,3 +242,14 @@ def test_slateq_greedy_policy_reaches_v_star(request, preset, num_users, seed):
     agent = _train_on(preset, num_users, 1500, seed)
     value, v_star = greedy_policy_value(shop, agent, mdp=mdp)
     assert value >= 0.98 * v_star, (value, v_star)
+
+
+def test_slateq_refuses_a_changing_or_restricted_catalog():
+    """Its slate optimisers rank the whole catalog: new items are refused with one clear error, not recommended."""
+    changing = Shop(env_preset("default", device="cpu", num_users=16, n_items=40, holdout_items=0.25))
+    with pytest.raises(ConfigError, match="whole catalog"):
+        SlateQAgent(AgentSpec.from_shop(changing), seed=0, device="cpu")
+    agent = SlateQAgent(AgentSpec.from_shop(Shop(env_preset("default", device="cpu", num_users=16, n_items=40))))
+    assert agent.use_catalog(torch.ones(40, dtype=torch.bool)) is None  # the whole catalog: fine
+    with pytest.raises(ConfigError, match="whole catalog"):
+        agent.use_catalog(torch.arange(40) % 2 == 0)

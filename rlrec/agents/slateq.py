@@ -59,10 +59,15 @@ from torch import nn
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, linear_schedule
 from rlrec.agents.nets import ItemScorer, ItemTower, StateEncoder
 from rlrec.agents.replay import Batch, ReplayBuffer
-from rlrec.config import param, probability, require
+from rlrec.config import ConfigError, param, probability, require
 from rlrec.sim import response
 from rlrec.sim.env import Observation
 from rlrec.utils import make_generator
+
+WHOLE_CATALOG = (
+    "agent=slateq recommends from the whole catalog: it cannot be trained or evaluated where items are held out "
+    "or arrive later (env.holdout_items, env.new_item_rate > 0); set them to 0, or use agent=dqn for new items."
+)
 
 
 @dataclass
@@ -311,6 +316,8 @@ class SlateQAgent(AgentBase):
             self.hp.batch_size,
             f"<= agent.buffer_size = {self.hp.buffer_size}",
         )
+        if spec.item_available is not None:  # the catalog changes
+            raise ConfigError(WHOLE_CATALOG)
         slates = math.perm(spec.n_items, spec.slate_size)
         require(
             self.hp.selection != "exact" or slates <= MAX_EXACT_SLATES,
@@ -319,6 +326,12 @@ class SlateQAgent(AgentBase):
             f"'dinkelbach' or 'greedy' for this shop: 'exact' enumerates all {slates:,} ordered slates "
             f"(at most {MAX_EXACT_SLATES:,})",
         )
+
+    def use_catalog(self, available: torch.Tensor | None) -> torch.Tensor | None:
+        # The slate optimisers rank every item of the catalog: a restricted catalog is not supported.
+        if available is not None and not bool(available.all()):
+            raise ConfigError(WHOLE_CATALOG)
+        return super().use_catalog(available)
 
     # ------------------------------------------------------------------ acting
     @property
