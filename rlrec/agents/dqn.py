@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule
 from rlrec.agents.nets import QNetwork, ServingQ
-from rlrec.agents.replay import Batch, ReplayBuffer
+from rlrec.agents.replay import Batch, ReplayBuffer, check_replay_settings
 from rlrec.config import param, probability, require
 from rlrec.sim.env import Observation
 from rlrec.utils import make_generator
@@ -115,19 +115,7 @@ class DQNAgent(AgentBase):
         self.updates = 0
 
     def check_spec(self, spec: AgentSpec) -> None:
-        require(
-            self.hp.buffer_size >= spec.num_users * self.hp.n_step,
-            "agent.buffer_size",
-            self.hp.buffer_size,
-            f">= env.num_users * agent.n_step = {spec.num_users * self.hp.n_step} (the buffer stores whole "
-            "environment steps of all users)",
-        )
-        require(
-            self.hp.batch_size <= self.hp.buffer_size,
-            "agent.batch_size",
-            self.hp.batch_size,
-            f"<= agent.buffer_size = {self.hp.buffer_size}",
-        )
+        check_replay_settings(self.hp.buffer_size, self.hp.batch_size, self.hp.n_step, spec.num_users)
 
     # ------------------------------------------------------------------ acting
     @property

@@ -11,12 +11,27 @@ from typing import Any
 
 import torch
 
+from rlrec.config import require
+
 Batch = dict[str, Any]
 """What :meth:`ReplayBuffer.sample` returns: every stored key at the window's first step
 (``obs`` as an observation dict, ``action``...), and for the n-step window ``rewards``
 [batch, n] (zero after the window's end), ``steps`` [batch] long (k, the rewards in the
 window: n, or fewer when the session ended), ``done`` [batch] bool (the window ended the
 session) and ``next_obs`` (the observation after the window's last step)."""
+
+
+def check_replay_settings(buffer_size: int, batch_size: int, n_step: int, num_users: int) -> None:
+    """The ``agent.buffer_size`` / ``agent.batch_size`` an agent with a replay buffer needs on a shop of
+    ``num_users`` rows: one clear error each, before any storage is allocated."""
+    require(
+        buffer_size >= num_users * n_step,
+        "agent.buffer_size",
+        buffer_size,
+        f">= env.num_users * agent.n_step = {num_users * n_step} (the buffer stores whole environment steps of "
+        "all users)",
+    )
+    require(batch_size <= buffer_size, "agent.batch_size", batch_size, f"<= agent.buffer_size = {buffer_size}")
 
 
 class ReplayBuffer:

@@ -58,7 +58,7 @@ from torch import nn
 
 from rlrec.agents.base import AgentBase, AgentSpec, Transition, linear_schedule
 from rlrec.agents.nets import ItemScorer, ItemTower, StateEncoder
-from rlrec.agents.replay import Batch, ReplayBuffer
+from rlrec.agents.replay import Batch, ReplayBuffer, check_replay_settings
 from rlrec.config import ConfigError, param, probability, require
 from rlrec.sim import response
 from rlrec.sim.env import Observation
@@ -303,19 +303,7 @@ class SlateQAgent(AgentBase):
         self.updates = 0
 
     def check_spec(self, spec: AgentSpec) -> None:
-        require(
-            self.hp.buffer_size >= spec.num_users * self.hp.n_step,
-            "agent.buffer_size",
-            self.hp.buffer_size,
-            f">= env.num_users * agent.n_step = {spec.num_users * self.hp.n_step} (the buffer stores whole "
-            "environment steps of all users)",
-        )
-        require(
-            self.hp.batch_size <= self.hp.buffer_size,
-            "agent.batch_size",
-            self.hp.batch_size,
-            f"<= agent.buffer_size = {self.hp.buffer_size}",
-        )
+        check_replay_settings(self.hp.buffer_size, self.hp.batch_size, self.hp.n_step, spec.num_users)
         if spec.item_available is not None:  # the catalog changes
             raise ConfigError(WHOLE_CATALOG)
         slates = math.perm(spec.n_items, spec.slate_size)
