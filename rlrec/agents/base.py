@@ -240,6 +240,27 @@ def batch_size(obs: Observation) -> int:
     return obs["user_features"].shape[0]
 
 
+@torch.no_grad()
+def update_target_network(
+    online: torch.nn.Module, target: torch.nn.Module, *, tau: float, interval: int, updates: int | torch.Tensor
+) -> None:
+    """The target network after ``updates`` gradient steps: Polyak averaging (``target += tau (online -
+    target)``) after every update when tau < 1, else a hard copy every ``interval`` updates. ``updates``
+    may be a 0-d device counter (the compiled step's): the copy is then chosen on the device
+    (``torch.where``), without a host branch. Buffers (which item ids are known) follow the online network."""
+    if tau < 1.0:
+        for p, p_target in zip(online.parameters(), target.parameters()):
+            p_target.lerp_(p, tau)
+        for b, b_target in zip(online.buffers(), target.buffers()):
+            b_target.copy_(b)
+    elif isinstance(updates, torch.Tensor):
+        due = updates % interval == 0
+        for p, p_target in zip(online.parameters(), target.parameters()):
+            p_target.copy_(torch.where(due, p, p_target))
+    elif updates % interval == 0:
+        target.load_state_dict(online.state_dict())
+
+
 def linear_schedule(start: float, end: float, duration: int, t: int | torch.Tensor) -> float | torch.Tensor:
     """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``.
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule
+from rlrec.agents.base import AgentBase, AgentSpec, Transition, explore_rows, linear_schedule, update_target_network
 from rlrec.agents.nets import QNetwork, ServingQ
 from rlrec.agents.replay import Batch, ReplayBuffer, check_replay_settings
 from rlrec.config import param, probability, require
@@ -198,21 +198,10 @@ class DQNAgent(AgentBase):
 
     @torch.no_grad()
     def _update_target(self, updates: int | torch.Tensor | None = None) -> None:
-        """Polyak averaging after every update when tau < 1, else a hard copy every
-        ``target_update_interval`` updates. ``updates`` (default: ``self.updates``) may be the compiled
-        step's 0-d counter: the copy is then chosen on the device (``torch.where``), without a host branch."""
+        """``updates`` (default: ``self.updates``) may be the compiled step's 0-d device counter."""
+        hp = self.hp
         updates = self.updates if updates is None else updates
-        if self.hp.tau < 1.0:
-            for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
-                p_target.lerp_(p, self.hp.tau)
-            for b, b_target in zip(self.q.buffers(), self.q_target.buffers()):  # which ids are known
-                b_target.copy_(b)
-        elif isinstance(updates, torch.Tensor):
-            due = updates % self.hp.target_update_interval == 0
-            for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
-                p_target.copy_(torch.where(due, p, p_target))
-        elif updates % self.hp.target_update_interval == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
+        update_target_network(self.q, self.q_target, tau=hp.tau, interval=hp.target_update_interval, updates=updates)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

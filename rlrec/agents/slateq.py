@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlrec.agents.base import AgentBase, AgentSpec, Transition, linear_schedule
+from rlrec.agents.base import AgentBase, AgentSpec, Transition, linear_schedule, update_target_network
 from rlrec.agents.nets import ItemScorer, ItemTower, StateEncoder
 from rlrec.agents.replay import Batch, ReplayBuffer, check_replay_settings
 from rlrec.config import ConfigError, param, probability, require
@@ -428,14 +428,11 @@ class SlateQAgent(AgentBase):
         metrics.update(td_loss=td_loss.detach(), q_values=value.detach().mean())
         return metrics
 
-    @torch.no_grad()
     def _update_target(self) -> None:
-        """Polyak averaging after every update when tau < 1, else a hard copy every ``target_update_interval``."""
-        if self.hp.tau < 1.0:
-            for p, p_target in zip(self.net.parameters(), self.target.parameters()):
-                p_target.lerp_(p, self.hp.tau)
-        elif self.updates % self.hp.target_update_interval == 0:
-            self.target.load_state_dict(self.net.state_dict())
+        hp = self.hp
+        update_target_network(
+            self.net, self.target, tau=hp.tau, interval=hp.target_update_interval, updates=self.updates
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
